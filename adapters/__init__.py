@@ -1,0 +1,1 @@
+"""Department adapters shipped with the hub. Each registers through the hub.adapters entry point."""

@@ -1,0 +1,103 @@
+"""The hub's plugin hooks. These docstrings are the plugin documentation.
+
+A plugin is any module or object with functions marked by :data:`hub.hookimpl` whose
+names match the specs below. Installed packages register through the entry-point group
+``hub.adapters``; the hub's own built-ins are registered the same way. A plugin may accept
+only the arguments it needs (pluggy's opt-in arguments), so new arguments can be added
+later without breaking it.
+
+Hooks are synchronous. Work that needs I/O (a GIS lookup, a payment intent) belongs in an
+adapter, which the hook can hand back; the engine runs it through the outbox.
+
+docs/plugins.md has one section per hook (checked by tests/test_hookspecs.py).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from hub.adapters import Adapter
+    from hub.model import Case, CaseStatus, DispatchDecision, Route, StatusEvent
+
+PROJECT = "hub"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@hookspec
+def hub_register_adapters() -> list[type[Adapter]]:
+    """Contribute department adapter classes.
+
+    Return a list of :class:`hub.adapters.Adapter` subclasses. Each class's ``name`` must be
+    unique across all installed plugins; the department configuration refers to it by that
+    name. Called once when the plugin manager starts.
+
+    Example::
+
+        @hookimpl
+        def hub_register_adapters():
+            return [StreetlightsAdapter]
+    """
+
+
+# --------------------------------------------------------------------------- intake pipeline
+
+
+@hookspec
+def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
+    """Add facts to a case before it is routed (coordinates, address, district, asset id).
+
+    :param case: the canonical case; read it, do not mutate it.
+    :param context: shared per-intake scratch space (for example ``context["flags"]``).
+    :return: a dict of fields to set on the case (``attributes`` entries are merged), or
+        None when there is nothing to add. Every returned change is recorded on the case
+        timeline. An implementation must not block intake on a slow service: on failure
+        it returns None and adds ``"enrichment_pending"`` to ``context["flags"]``.
+    """
+
+
+@hookspec(firstresult=True)
+def hub_choose_route(case: Case, default: Route | None) -> Route | None:
+    """Choose the department (and work-order type, priority, SLA) for a case.
+
+    Called after enrichment. ``default`` is the route from the service catalogue and the
+    mapping rules (None when nothing matched). The first implementation that returns a
+    :class:`hub.model.Route` wins (``firstresult``); return None to let others decide.
+    The built-in catalogue router runs last and returns ``default``.
+    """
+
+
+@hookspec
+def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
+    """Decide whether a routed case may be sent to its department now.
+
+    Return :class:`hub.model.DispatchDecision` with ``hold=True`` and a reason to hold it
+    (for example a fee not paid yet: ``state="awaiting_payment"``); return None to let it
+    go. If any implementation holds, the case waits; the holding plugin releases it later
+    through the hub's services. Called inside the intake transaction: keep it fast.
+    """
+
+
+# --------------------------------------------------------------------------- status
+
+
+@hookspec
+def hub_on_status_change(
+    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+) -> None:
+    """React to a canonical status change of a case (notify a CRM, send a message).
+
+    :param case: the case after the change (closure and evidence included).
+    :param old: the status before.
+    :param new: the status after.
+    :param event: the department event that caused it, or None for hub-side changes.
+
+    Called after the change is committed. Implementations must not raise; anything
+    durable they need (a callback POST) must go through the outbox so it is retried.
+    """

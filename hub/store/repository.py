@@ -1,0 +1,550 @@
+"""Repositories: the only code that writes SQL. Each works inside a UnitOfWork's connection.
+
+Pattern from "Architecture Patterns with Python": services see collections of domain
+objects; the unit of work owns the transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, or_, select, update
+from sqlalchemy import case as sa_case
+from sqlalchemy.dialects import postgresql, sqlite
+
+from hub.model import Case, CaseEvent, DeliveryState, Requester, WorkOrder, utcnow
+from hub.store import tables as t
+
+
+def _insert(connection: Connection, table):
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+class StaleCase(RuntimeError):
+    """Someone else saved the case since it was read (optimistic concurrency)."""
+
+
+class CaseRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def add(self, case: Case, *, token: str | None = None) -> bool:
+        """Insert the case; False when it is already there (same hub id or source id)."""
+        row = self._row(case) | {"token": token}
+        stmt = _insert(self.connection, t.cases).values(**row).on_conflict_do_nothing()
+        return self.connection.execute(stmt).rowcount == 1
+
+    def get(self, hub_id: str) -> Case | None:
+        row = self.connection.execute(
+            select(t.cases.c.body, t.cases.c.requester).where(t.cases.c.hub_id == hub_id)
+        ).first()
+        return self._case(row) if row else None
+
+    def get_many(self, hub_ids: Sequence[str]) -> dict[str, Case]:
+        if not hub_ids:
+            return {}
+        rows = self.connection.execute(
+            select(t.cases.c.hub_id, t.cases.c.body, t.cases.c.requester).where(
+                t.cases.c.hub_id.in_(list(hub_ids))
+            )
+        )
+        return {row.hub_id: self._case(row) for row in rows}
+
+    def get_by_source(self, source_system: str, source_id: str) -> Case | None:
+        row = self.connection.execute(
+            select(t.cases.c.body, t.cases.c.requester).where(
+                t.cases.c.source_system == source_system, t.cases.c.source_id == source_id
+            )
+        ).first()
+        return self._case(row) if row else None
+
+    def get_by_token(self, token: str) -> Case | None:
+        row = self.connection.execute(
+            select(t.cases.c.body, t.cases.c.requester).where(t.cases.c.token == token)
+        ).first()
+        return self._case(row) if row else None
+
+    def save(self, case: Case, *, expected_version: int) -> None:
+        """Write a changed case; raise StaleCase if it moved on since `expected_version`."""
+        row = self._row(case)
+        result = self.connection.execute(
+            update(t.cases)
+            .where(t.cases.c.hub_id == case.hub_id, t.cases.c.version == expected_version)
+            .values(**{k: v for k, v in row.items() if k != "hub_id"})
+        )
+        if result.rowcount != 1:
+            raise StaleCase(f"case {case.hub_id} changed since version {expected_version}")
+
+    def count(self) -> int:
+        return self.connection.execute(select(func.count()).select_from(t.cases)).scalar_one()
+
+    @staticmethod
+    def _row(case: Case) -> dict[str, Any]:
+        return {
+            "hub_id": case.hub_id,
+            "source_system": case.source_system,
+            "source_id": case.source_id,
+            "service_code": case.service_code,
+            "status": case.status.value,
+            "department": case.department,
+            "version": case.version,
+            "requested_at": case.requested_datetime,
+            "updated_at": case.updated_datetime,
+            "sla_due": case.sla_due,
+            "body": case.redacted(),
+            "requester": case.requester.model_dump(mode="json") if case.requester else None,
+        }
+
+    @staticmethod
+    def _case(row) -> Case:
+        case = Case.model_validate(row.body)
+        if row.requester:
+            case.requester = Requester.model_validate(row.requester)
+        return case
+
+
+# --------------------------------------------------------------------------- timeline
+
+
+class TimelineRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def append(self, *events: CaseEvent) -> None:
+        if events:
+            self.connection.execute(
+                t.case_events.insert(), [e.model_dump(mode="python") for e in events]
+            )
+
+    def for_case(self, case_id: str) -> list[CaseEvent]:
+        rows = self.connection.execute(
+            select(t.case_events).where(t.case_events.c.case_id == case_id).order_by(
+                t.case_events.c.id
+            )
+        )
+        return [CaseEvent.model_validate(dict(row._mapping)) for row in rows]
+
+    def count(self, kind: str | None = None) -> int:
+        query = select(func.count()).select_from(t.case_events)
+        if kind:
+            query = query.where(t.case_events.c.kind == kind)
+        return self.connection.execute(query).scalar_one()
+
+
+# --------------------------------------------------------------------------- work orders
+
+
+class WorkOrderRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def add(self, order: WorkOrder) -> bool:
+        stmt = (
+            _insert(self.connection, t.work_orders)
+            .values(**order.model_dump(mode="python"))
+            .on_conflict_do_nothing()
+        )
+        return self.connection.execute(stmt).rowcount == 1
+
+    def get(self, case_id: str, department: str) -> WorkOrder | None:
+        row = self.connection.execute(
+            select(t.work_orders).where(
+                t.work_orders.c.case_id == case_id, t.work_orders.c.department == department
+            )
+        ).first()
+        return WorkOrder.model_validate(dict(row._mapping)) if row else None
+
+    def by_external_id(self, department: str, external_id: str) -> WorkOrder | None:
+        row = self.connection.execute(
+            select(t.work_orders).where(
+                t.work_orders.c.department == department,
+                t.work_orders.c.external_id == external_id,
+            )
+        ).first()
+        return WorkOrder.model_validate(dict(row._mapping)) if row else None
+
+    def for_case(self, case_id: str) -> list[WorkOrder]:
+        rows = self.connection.execute(
+            select(t.work_orders).where(t.work_orders.c.case_id == case_id)
+        )
+        return [WorkOrder.model_validate(dict(row._mapping)) for row in rows]
+
+    def update(self, case_id: str, department: str, **values: Any) -> None:
+        values["updated_at"] = values.get("updated_at") or utcnow()
+        self.connection.execute(
+            update(t.work_orders)
+            .where(t.work_orders.c.case_id == case_id, t.work_orders.c.department == department)
+            .values(**values)
+        )
+
+    def count_by_state(self, department: str | None = None) -> dict[str, int]:
+        query = select(t.work_orders.c.delivery_state, func.count()).group_by(
+            t.work_orders.c.delivery_state
+        )
+        if department:
+            query = query.where(t.work_orders.c.department == department)
+        return {state: n for state, n in self.connection.execute(query)}
+
+
+# --------------------------------------------------------------------------- outbox
+
+
+class OutboxState:
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+    HELD = "held"
+    SKIPPED = "skipped"  # no longer needed (e.g. a note for a case cancelled before create)
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    case_id: str
+    department: str
+    operation: str
+    idempotency_key: str
+    payload: dict[str, Any]
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    locked_until: datetime | None
+    locked_by: str | None
+    last_error_class: str | None
+    last_error_message: str | None
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row) -> OutboxItem:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    department: str
+    pending: int
+    due: int
+    dead: int
+    held: int
+    oldest_due: datetime | None
+
+
+class OutboxRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def enqueue(
+        self,
+        *,
+        case_id: str,
+        department: str,
+        operation: str,
+        idempotency_key: str,
+        payload: dict[str, Any] | None = None,
+        due: datetime | None = None,
+        state: str = OutboxState.PENDING,
+    ) -> bool:
+        """Add a delivery; False if one with the same idempotency key already exists."""
+        now = utcnow()
+        stmt = (
+            _insert(self.connection, t.outbox)
+            .values(
+                case_id=case_id,
+                department=department,
+                operation=operation,
+                idempotency_key=idempotency_key,
+                payload=payload or {},
+                state=state,
+                attempts=0,
+                next_attempt_at=due or now,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing()
+        )
+        return self.connection.execute(stmt).rowcount == 1
+
+    def claim(
+        self,
+        *,
+        worker: str,
+        limit: int,
+        lease: timedelta,
+        now: datetime | None = None,
+        only: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> list[OutboxItem]:
+        """Lease up to `limit` due deliveries whose predecessors for the same (case,
+        department) are all done. SKIP LOCKED on PostgreSQL lets any number of workers
+        share the queue; SQLite serialises writers with BEGIN IMMEDIATE instead."""
+        now = now or utcnow()
+        o = t.outbox
+        prior = o.alias("prior")
+        earlier_open = exists().where(
+            prior.c.case_id == o.c.case_id,
+            prior.c.department == o.c.department,
+            prior.c.id < o.c.id,
+            prior.c.state.not_in([OutboxState.DONE, OutboxState.SKIPPED]),
+        )
+        due = and_(
+            o.c.state == OutboxState.PENDING,
+            o.c.next_attempt_at <= now,
+            or_(o.c.locked_until.is_(None), o.c.locked_until < now),
+            ~earlier_open,
+        )
+        if only is not None:
+            due = and_(due, o.c.department.in_(list(only)))
+        excluded = list(exclude)
+        if excluded:
+            due = and_(due, o.c.department.not_in(excluded))
+        picked = select(o.c.id).where(due).order_by(o.c.next_attempt_at, o.c.id).limit(limit)
+        if self.connection.dialect.name == "postgresql":
+            picked = picked.with_for_update(skip_locked=True, of=o)
+        picked_cte = picked.cte("picked")
+        stmt = (
+            update(o)
+            .where(o.c.id == picked_cte.c.id)
+            .values(
+                locked_until=now + lease,
+                locked_by=worker,
+                attempts=o.c.attempts + 1,
+                updated_at=now,
+            )
+            .returning(*o.c)
+        )
+        return [OutboxItem.from_row(row) for row in self.connection.execute(stmt)]
+
+    def _settle(self, item_id: int, worker: str | None, **values: Any) -> bool:
+        """Update a leased row; False if the lease was lost to another worker (fencing)."""
+        values.setdefault("updated_at", utcnow())
+        query = update(t.outbox).where(t.outbox.c.id == item_id)
+        if worker is not None:
+            query = query.where(t.outbox.c.locked_by == worker)
+        return self.connection.execute(query.values(**values)).rowcount == 1
+
+    def mark_done(self, item_id: int, *, worker: str | None = None) -> bool:
+        now = utcnow()
+        return self._settle(
+            item_id, worker, state=OutboxState.DONE, locked_until=None, completed_at=now,
+            last_error_class=None, last_error_message=None,
+        )
+
+    def schedule_retry(
+        self, item_id: int, *, at: datetime, error_class: str, message: str,
+        worker: str | None = None, refund_attempt: bool = False,
+    ) -> bool:
+        values: dict[str, Any] = {
+            "next_attempt_at": at, "locked_until": None, "locked_by": None,
+            "last_error_class": error_class, "last_error_message": message[:2000],
+        }
+        if refund_attempt:  # a paused department's turn does not count as an attempt
+            values["attempts"] = t.outbox.c.attempts - 1
+        return self._settle(item_id, worker, **values)
+
+    def mark_dead(
+        self, item_id: int, *, error_class: str, message: str, worker: str | None = None
+    ) -> bool:
+        return self._settle(
+            item_id, worker, state=OutboxState.DEAD, locked_until=None,
+            last_error_class=error_class, last_error_message=message[:2000],
+        )
+
+    def mark_skipped(self, item_id: int, *, reason: str, worker: str | None = None) -> bool:
+        return self._settle(
+            item_id, worker, state=OutboxState.SKIPPED, locked_until=None,
+            last_error_class="skipped", last_error_message=reason[:2000],
+        )
+
+    def get(self, item_id: int) -> OutboxItem | None:
+        row = self.connection.execute(select(t.outbox).where(t.outbox.c.id == item_id)).first()
+        return OutboxItem.from_row(row) if row else None
+
+    def for_case(self, case_id: str) -> list[OutboxItem]:
+        rows = self.connection.execute(
+            select(t.outbox).where(t.outbox.c.case_id == case_id).order_by(t.outbox.c.id)
+        )
+        return [OutboxItem.from_row(row) for row in rows]
+
+    def list(self, *, state: str, department: str | None = None, limit: int = 1000):
+        query = select(t.outbox).where(t.outbox.c.state == state)
+        if department:
+            query = query.where(t.outbox.c.department == department)
+        rows = self.connection.execute(query.order_by(t.outbox.c.id).limit(limit))
+        return [OutboxItem.from_row(row) for row in rows]
+
+    def replay(self, item_ids: Sequence[int] | None, *, now: datetime | None = None) -> int:
+        """Dead letters back to pending with a fresh attempt budget. None = all."""
+        now = now or utcnow()
+        query = update(t.outbox).where(t.outbox.c.state == OutboxState.DEAD)
+        if item_ids is not None:
+            query = query.where(t.outbox.c.id.in_(list(item_ids)))
+        values = {
+            "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now,
+            "locked_until": None, "locked_by": None, "updated_at": now,
+        }
+        return self.connection.execute(query.values(**values)).rowcount
+
+    def release_held(self, case_id: str, *, now: datetime | None = None) -> int:
+        now = now or utcnow()
+        return self.connection.execute(
+            update(t.outbox)
+            .where(t.outbox.c.case_id == case_id, t.outbox.c.state == OutboxState.HELD)
+            .values(state=OutboxState.PENDING, next_attempt_at=now, updated_at=now)
+        ).rowcount
+
+    def stats(self, now: datetime | None = None) -> dict[str, QueueStats]:
+        now = now or utcnow()
+        o = t.outbox
+        rows = self.connection.execute(
+            select(
+                o.c.department,
+                func.sum(_case(o.c.state == OutboxState.PENDING)),
+                func.sum(_case(and_(o.c.state == OutboxState.PENDING, o.c.next_attempt_at <= now))),
+                func.sum(_case(o.c.state == OutboxState.DEAD)),
+                func.sum(_case(o.c.state == OutboxState.HELD)),
+                func.min(
+                    _case_value(o.c.state == OutboxState.PENDING, o.c.next_attempt_at)
+                ),
+            ).group_by(o.c.department)
+        )
+        return {
+            dept: QueueStats(dept, int(p or 0), int(d or 0), int(x or 0), int(h or 0), oldest)
+            for dept, p, d, x, h, oldest in rows
+        }
+
+    def count(self, state: str | None = None) -> int:
+        query = select(func.count()).select_from(t.outbox)
+        if state:
+            query = query.where(t.outbox.c.state == state)
+        return self.connection.execute(query).scalar_one()
+
+    def next_due(self) -> datetime | None:
+        return self.connection.execute(
+            select(func.min(t.outbox.c.next_attempt_at)).where(
+                t.outbox.c.state == OutboxState.PENDING
+            )
+        ).scalar_one()
+
+
+def _case(condition):
+    return sa_case((condition, 1), else_=0)
+
+
+def _case_value(condition, value):
+    return sa_case((condition, value), else_=None)
+
+
+# --------------------------------------------------------------------------- departments
+
+
+@dataclass
+class DepartmentHealth:
+    department: str
+    paused: bool = False
+    pause_reason: str | None = None
+    circuit: str = "closed"
+    consecutive_failures: int = 0
+    opened_at: datetime | None = None
+    retry_at: datetime | None = None
+
+
+class DepartmentStateRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def all(self) -> dict[str, DepartmentHealth]:
+        rows = self.connection.execute(select(t.department_state))
+        return {
+            row.department: DepartmentHealth(
+                department=row.department, paused=row.paused, pause_reason=row.pause_reason,
+                circuit=row.circuit, consecutive_failures=row.consecutive_failures,
+                opened_at=row.opened_at, retry_at=row.retry_at,
+            )
+            for row in rows
+        }
+
+    def get(self, department: str) -> DepartmentHealth:
+        return self.all().get(department) or DepartmentHealth(department)
+
+    def put(self, health: DepartmentHealth) -> None:
+        values = {
+            "paused": health.paused, "pause_reason": health.pause_reason,
+            "circuit": health.circuit, "consecutive_failures": health.consecutive_failures,
+            "opened_at": health.opened_at, "retry_at": health.retry_at, "updated_at": utcnow(),
+        }
+        stmt = _insert(self.connection, t.department_state).values(
+            department=health.department, **values
+        )
+        stmt = stmt.on_conflict_do_update(index_elements=["department"], set_=values)
+        self.connection.execute(stmt)
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+class JobRunRepository:
+    """Scheduled runs claimed in the database: a unique (job, slot) means one run."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def claim(self, job: str, slot: str, *, worker: str) -> bool:
+        stmt = (
+            _insert(self.connection, t.job_runs)
+            .values(job=job, slot=slot, claimed_by=worker, started_at=utcnow(), detail={})
+            .on_conflict_do_nothing()
+        )
+        return self.connection.execute(stmt).rowcount == 1
+
+    def finish(self, job: str, slot: str, *, outcome: str, detail: dict[str, Any]) -> None:
+        self.connection.execute(
+            update(t.job_runs)
+            .where(t.job_runs.c.job == job, t.job_runs.c.slot == slot)
+            .values(finished_at=utcnow(), outcome=outcome, detail=detail)
+        )
+
+
+class SyncCursorRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def get(self, department: str, stream: str = "status") -> datetime | None:
+        return self.connection.execute(
+            select(t.sync_cursors.c.watermark).where(
+                t.sync_cursors.c.department == department, t.sync_cursors.c.stream == stream
+            )
+        ).scalar_one_or_none()
+
+    def set(self, department: str, watermark: datetime, stream: str = "status") -> None:
+        values = {"watermark": watermark, "updated_at": utcnow()}
+        stmt = _insert(self.connection, t.sync_cursors).values(
+            department=department, stream=stream, **values
+        )
+        self.connection.execute(
+            stmt.on_conflict_do_update(index_elements=["department", "stream"], set_=values)
+        )
+
+
+__all__ = [
+    "CaseRepository",
+    "DeliveryState",
+    "DepartmentHealth",
+    "DepartmentStateRepository",
+    "JobRunRepository",
+    "OutboxItem",
+    "OutboxRepository",
+    "OutboxState",
+    "QueueStats",
+    "StaleCase",
+    "SyncCursorRepository",
+    "TimelineRepository",
+    "WorkOrderRepository",
+]

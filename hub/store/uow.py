@@ -1,0 +1,66 @@
+"""Unit of work: one transaction, the repositories that work inside it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import Connection, Engine
+
+from hub.store.repository import (
+    CaseRepository,
+    DepartmentStateRepository,
+    JobRunRepository,
+    OutboxRepository,
+    SyncCursorRepository,
+    TimelineRepository,
+    WorkOrderRepository,
+)
+
+
+class UnitOfWork:
+    """``with UnitOfWork(engine) as uow: ...; uow.commit()`` — no commit, no change."""
+
+    cases: CaseRepository
+    timeline: TimelineRepository
+    work_orders: WorkOrderRepository
+    outbox: OutboxRepository
+    departments: DepartmentStateRepository
+    job_runs: JobRunRepository
+    cursors: SyncCursorRepository
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.connection: Connection | None = None
+
+    def __enter__(self) -> UnitOfWork:
+        self.connection = self.engine.connect()
+        self._transaction = self.connection.begin()
+        conn = self.connection
+        self.cases = CaseRepository(conn)
+        self.timeline = TimelineRepository(conn)
+        self.work_orders = WorkOrderRepository(conn)
+        self.outbox = OutboxRepository(conn)
+        self.departments = DepartmentStateRepository(conn)
+        self.job_runs = JobRunRepository(conn)
+        self.cursors = SyncCursorRepository(conn)
+        return self
+
+    def commit(self) -> None:
+        self._transaction.commit()
+        self._transaction = self.connection.begin()  # type: ignore[union-attr]
+
+    def rollback(self) -> None:
+        self._transaction.rollback()
+        self._transaction = self.connection.begin()  # type: ignore[union-attr]
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._transaction.is_active:
+                self._transaction.rollback()
+        finally:
+            self.connection.close()  # type: ignore[union-attr]
