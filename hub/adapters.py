@@ -147,7 +147,6 @@ class AdapterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     timeout_seconds: float = Field(default=10.0, gt=0, description="per-request timeout")
-    max_attempts: int = Field(default=8, ge=1, description="delivery attempts before dead letter")
     timezone: str = Field(default="UTC", description="zone of the department's naive timestamps")
 
     @model_validator(mode="before")

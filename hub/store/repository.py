@@ -24,6 +24,13 @@ def _insert(connection: Connection, table):
     return dialect.insert(table)
 
 
+def _inserted(connection: Connection, stmt, key_column) -> bool:
+    """Run an INSERT … ON CONFLICT DO NOTHING; True if a row went in.
+
+    RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts."""
+    return connection.execute(stmt.returning(key_column)).first() is not None
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -39,7 +46,7 @@ class CaseRepository:
         """Insert the case; False when it is already there (same hub id or source id)."""
         row = self._row(case) | {"token": token}
         stmt = _insert(self.connection, t.cases).values(**row).on_conflict_do_nothing()
-        return self.connection.execute(stmt).rowcount == 1
+        return _inserted(self.connection, stmt, t.cases.c.hub_id)
 
     def get(self, hub_id: str) -> Case | None:
         row = self.connection.execute(
@@ -151,7 +158,7 @@ class WorkOrderRepository:
             .values(**order.model_dump(mode="python"))
             .on_conflict_do_nothing()
         )
-        return self.connection.execute(stmt).rowcount == 1
+        return _inserted(self.connection, stmt, t.work_orders.c.id)
 
     def get(self, case_id: str, department: str) -> WorkOrder | None:
         row = self.connection.execute(
@@ -270,7 +277,7 @@ class OutboxRepository:
             )
             .on_conflict_do_nothing()
         )
-        return self.connection.execute(stmt).rowcount == 1
+        return _inserted(self.connection, stmt, t.outbox.c.id)
 
     def claim(
         self,
@@ -474,6 +481,20 @@ class DepartmentStateRepository:
     def get(self, department: str) -> DepartmentHealth:
         return self.all().get(department) or DepartmentHealth(department)
 
+    def try_begin_canary(self, department: str, *, now: datetime, until: datetime) -> bool:
+        """Atomically turn an open circuit half-open; only one worker wins the canary."""
+        result = self.connection.execute(
+            update(t.department_state)
+            .where(
+                t.department_state.c.department == department,
+                t.department_state.c.circuit != "closed",
+                t.department_state.c.paused.is_(False),
+                t.department_state.c.retry_at <= now,
+            )
+            .values(circuit="half_open", retry_at=until, updated_at=now)
+        )
+        return result.rowcount == 1
+
     def put(self, health: DepartmentHealth) -> None:
         values = {
             "paused": health.paused, "pause_reason": health.pause_reason,
@@ -502,7 +523,7 @@ class JobRunRepository:
             .values(job=job, slot=slot, claimed_by=worker, started_at=utcnow(), detail={})
             .on_conflict_do_nothing()
         )
-        return self.connection.execute(stmt).rowcount == 1
+        return _inserted(self.connection, stmt, t.job_runs.c.id)
 
     def finish(self, job: str, slot: str, *, outcome: str, detail: dict[str, Any]) -> None:
         self.connection.execute(

@@ -1,0 +1,263 @@
+"""Store round trips and queue semantics, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from hub.model import (
+    Attachment,
+    Case,
+    CaseEvent,
+    CaseStatus,
+    Closure,
+    DeliveryState,
+    EventLevel,
+    Requester,
+    WorkOrder,
+)
+from hub.store.repository import DepartmentHealth, OutboxState, StaleCase
+from hub.store.uow import UnitOfWork
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=60)
+
+
+def a_case(n: int = 1, **kw) -> Case:
+    return Case(
+        source_system="crm", source_id=f"SR-{n}", service_code="POTHOLE",
+        description="Deep pothole", lat=42.35, long=-71.06, address_string="1 Main St",
+        requester=Requester(first_name="Ada", email="ada@example.org"),
+        evidence=[Attachment(url="https://x.invalid/p.jpg", content_type="image/jpeg", size=10,
+                             digest=Attachment.digest_of(b"0123456789"))],
+        attributes={"ward": "3", "depth_cm": 12}, **kw,
+    )
+
+
+def enqueue(uow: UnitOfWork, case_id: str, op: str = "create", dept: str = "publicworks",
+            due: datetime = T0) -> None:
+    assert uow.outbox.enqueue(case_id=case_id, department=dept, operation=op,
+                              idempotency_key=f"{case_id}:{dept}:{op}", due=due)
+
+
+def test_case_round_trip_keeps_every_field(engine) -> None:
+    case = a_case(closure=Closure(code="repaired", text="Filled"))
+    with UnitOfWork(engine) as uow:
+        assert uow.cases.add(case, token="tok-1")
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        loaded = uow.cases.get(case.hub_id)
+        assert loaded == case
+        assert loaded.requester == case.requester  # PII column round-trips
+        assert uow.cases.get_by_source("crm", "SR-1") == case
+        assert uow.cases.get_by_token("tok-1") == case
+
+
+def test_add_is_idempotent(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        assert uow.cases.add(case)
+        assert not uow.cases.add(case)
+        uow.commit()
+        assert uow.cases.count() == 1
+
+
+def test_uncommitted_work_is_rolled_back(engine) -> None:
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(a_case())
+    with UnitOfWork(engine) as uow:
+        assert uow.cases.count() == 0
+
+
+def test_save_detects_a_concurrent_change(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        first = uow.cases.get(case.hub_id)
+        version = first.version
+        first.transition(CaseStatus.ROUTED)
+        uow.cases.save(first, expected_version=version)
+        uow.commit()
+        stale = a_case()
+        stale.transition(CaseStatus.CANCELLED)
+        with pytest.raises(StaleCase):
+            uow.cases.save(stale, expected_version=1)
+
+
+def test_timeline_keeps_order_and_detail(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.timeline.append(
+            CaseEvent(case_id=case.hub_id, kind="received", message="in"),
+            CaseEvent(case_id=case.hub_id, kind="delivery_attempt", level=EventLevel.WARNING,
+                      detail={"attempt": 1, "error_class": "transient"}),
+        )
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        events = uow.timeline.for_case(case.hub_id)
+    assert [e.kind for e in events] == ["received", "delivery_attempt"]
+    assert events[1].detail == {"attempt": 1, "error_class": "transient"}
+    assert events[1].level is EventLevel.WARNING and events[1].at.tzinfo is not None
+
+
+def test_work_order_unique_per_case_and_department(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        assert uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
+        assert not uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
+        uow.work_orders.update(case.hub_id, "publicworks", external_id="77",
+                               delivery_state=DeliveryState.DELIVERED, raw_status="New")
+        uow.commit()
+        order = uow.work_orders.by_external_id("publicworks", "77")
+    assert order.case_id == case.hub_id and order.delivery_state is DeliveryState.DELIVERED
+
+
+def test_outbox_enqueue_is_idempotent_by_key(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        enqueue(uow, case.hub_id)
+        assert not uow.outbox.enqueue(case_id=case.hub_id, department="publicworks",
+                                      operation="create",
+                                      idempotency_key=f"{case.hub_id}:publicworks:create")
+        uow.commit()
+        assert uow.outbox.count() == 1
+
+
+def test_claim_leases_due_rows_once(engine) -> None:
+    cases = [a_case(n) for n in range(5)]
+    with UnitOfWork(engine) as uow:
+        for case in cases:
+            uow.cases.add(case)
+            enqueue(uow, case.hub_id)
+        future = a_case(99)
+        uow.cases.add(future)
+        enqueue(uow, future.hub_id, due=T0 + LEASE)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        first = uow.outbox.claim(worker="w1", limit=3, lease=LEASE, now=T0)
+        second = uow.outbox.claim(worker="w2", limit=10, lease=LEASE, now=T0)
+        uow.commit()
+    assert len(first) == 3 and len(second) == 2  # the future row is not due
+    assert {i.id for i in first}.isdisjoint({i.id for i in second})
+    assert all(i.attempts == 1 and i.locked_by == "w1" for i in first)
+
+
+def test_expired_lease_is_reclaimed_and_old_worker_is_fenced(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        enqueue(uow, case.hub_id)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        [item] = uow.outbox.claim(worker="dead-worker", limit=1, lease=LEASE, now=T0)
+        assert uow.outbox.claim(worker="w2", limit=1, lease=LEASE, now=T0 + LEASE / 2) == []
+        [again] = uow.outbox.claim(worker="w2", limit=1, lease=LEASE, now=T0 + LEASE * 2)
+        assert again.id == item.id and again.attempts == 2
+        assert not uow.outbox.mark_done(item.id, worker="dead-worker")  # fenced off
+        assert uow.outbox.mark_done(item.id, worker="w2")
+        uow.commit()
+        assert uow.outbox.get(item.id).state == OutboxState.DONE
+
+
+def test_operations_for_one_case_and_department_run_in_order(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        for op in ("create", "note", "attach", "cancel"):
+            enqueue(uow, case.hub_id, op)
+        enqueue(uow, case.hub_id, "create", dept="sanitation")  # other department: independent
+        uow.commit()
+    order = []
+    for step in range(5):
+        with UnitOfWork(engine) as uow:
+            claimed = uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0)
+            for item in claimed:
+                uow.outbox.mark_done(item.id, worker="w")
+            uow.commit()
+        order.append(sorted(f"{i.department}:{i.operation}" for i in claimed))
+        if not claimed:
+            break
+    assert order[0] == ["publicworks:create", "sanitation:create"]
+    assert order[1:4] == [["publicworks:note"], ["publicworks:attach"], ["publicworks:cancel"]]
+
+
+def test_a_dead_predecessor_blocks_later_operations_until_replayed(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        enqueue(uow, case.hub_id, "create")
+        enqueue(uow, case.hub_id, "note")
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        [create] = uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0)
+        uow.outbox.mark_dead(create.id, error_class="permanent", message="bad field", worker="w")
+        assert uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0) == []
+        assert [i.id for i in uow.outbox.list(state=OutboxState.DEAD)] == [create.id]
+        assert uow.outbox.replay(None, now=T0) == 1
+        [again] = uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0)
+        assert again.id == create.id and again.attempts == 1
+        uow.commit()
+
+
+def test_retry_schedules_and_excluded_departments_wait(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        enqueue(uow, case.hub_id)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0, exclude=["publicworks"]) == []
+        [item] = uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0)
+        later = T0 + timedelta(seconds=30)
+        assert uow.outbox.schedule_retry(item.id, at=later, error_class="transient",
+                                         message="503", worker="w")
+        assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0 + timedelta(seconds=5)) == []
+        stats = uow.outbox.stats(now=T0)["publicworks"]
+        assert (stats.pending, stats.due, stats.oldest_due) == (1, 0, later)
+        [again] = uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=later)
+        assert again.last_error_class == "transient"
+        uow.commit()
+
+
+def test_held_rows_wait_until_released(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.outbox.enqueue(case_id=case.hub_id, department="publicworks", operation="create",
+                           idempotency_key="k", due=T0, state=OutboxState.HELD)
+        assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0) == []
+        assert uow.outbox.release_held(case.hub_id, now=T0) == 1
+        assert len(uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0)) == 1
+        uow.commit()
+
+
+def test_job_slot_is_claimed_once(engine) -> None:
+    with UnitOfWork(engine) as uow:
+        assert uow.job_runs.claim("poll:publicworks", "2026-05-01T12:00", worker="a")
+        assert not uow.job_runs.claim("poll:publicworks", "2026-05-01T12:00", worker="b")
+        uow.job_runs.finish("poll:publicworks", "2026-05-01T12:00", outcome="ok", detail={"n": 3})
+        uow.commit()
+
+
+def test_sync_cursor_and_department_health_upsert(engine) -> None:
+    with UnitOfWork(engine) as uow:
+        assert uow.cursors.get("publicworks") is None
+        uow.cursors.set("publicworks", T0)
+        uow.cursors.set("publicworks", T0 + LEASE)
+        health = DepartmentHealth("publicworks", circuit="open", consecutive_failures=4,
+                                  retry_at=T0)
+        uow.departments.put(health)
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        assert uow.cursors.get("publicworks") == T0 + LEASE
+        assert uow.departments.get("publicworks").consecutive_failures == 4
+        assert uow.departments.try_begin_canary("publicworks", now=T0, until=T0 + LEASE)
+        assert not uow.departments.try_begin_canary("publicworks", now=T0, until=T0 + LEASE)
+        assert uow.departments.get("publicworks").circuit == "half_open"
+        uow.commit()
