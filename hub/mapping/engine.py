@@ -1,0 +1,287 @@
+"""The runtime side of mappings: routing, payload building and status translation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from hub.mapping.checks import is_datetime_path
+from hub.mapping.problems import MappingError, PayloadError, UnmappedStatus
+from hub.mapping.schema import (
+    CatalogueFile,
+    DepartmentFile,
+    FieldSpec,
+    FileLayout,
+    RouteRule,
+    ServiceDefinition,
+)
+from hub.mapping.validate import collect, mappings_dir
+from hub.model import Case, CaseStatus, Route
+
+
+@dataclass(frozen=True)
+class StatusMapping:
+    """What a department status code means on the canonical side."""
+
+    status: CaseStatus
+    closure_reason: str | None = None
+    raw_code: str = ""
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A route rule with where it came from (for ordering and the route reason)."""
+
+    rule: RouteRule
+    department: str
+    source: str
+    order: int
+
+    def matches(self, case: Case) -> bool:
+        return all(_matches(lookup_path(case, k), v) for k, v in (self.rule.when or {}).items())
+
+    @property
+    def specificity(self) -> int:
+        return len(self.rule.when or {})
+
+    def to_route(self) -> Route:
+        rule = self.rule
+        when = ", ".join(f"{k}={v!r}" for k, v in (rule.when or {}).items())
+        reason = f"mapping {self.source}" + (f" when {when}" if when else "")
+        return Route(
+            department=rule.department or self.department,
+            work_order_type=rule.work_order_type,
+            priority=rule.priority,
+            sla_hours=rule.sla_hours,
+            team=rule.team,
+            reason=reason,
+        )
+
+
+def _matches(actual: Any, expected: Any) -> bool:
+    """`when` compares as text, case-insensitively; a list means any of its values."""
+    if actual is None:
+        return False
+    options = expected if isinstance(expected, list) else [expected]
+    text = _text(actual).casefold()
+    return any(_text(option).casefold() == text for option in options)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def lookup_path(case: Case, path: str) -> Any:
+    """The value at a dotted Case path (`attributes.ward`, `requester.email`, `lat`)."""
+    head, _, rest = path.partition(".")
+    value: Any = getattr(case, head, None)
+    if not rest or value is None:
+        return value
+    if isinstance(value, dict):
+        return value.get(rest)
+    return getattr(value, rest, None)
+
+
+@dataclass
+class DepartmentMapping:
+    """One department's mapping file, ready to use."""
+
+    name: str
+    adapter: str
+    timezone: str
+    source: Path
+    model: DepartmentFile
+    local_timezone: ZoneInfo = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.local_timezone = ZoneInfo(self.timezone)
+        folded: dict[str, list[str]] = {}
+        for code in self.model.status_in:
+            folded.setdefault(code.strip().casefold(), []).append(code)
+        # the forgiving match is used only where it cannot be ambiguous
+        self._folded = {k: v[0] for k, v in folded.items() if len(v) == 1}
+
+    # ---------------------------------------------------------------- sections
+
+    @property
+    def raw(self) -> dict[str, Any]:
+        """The whole file as validated data, for adapter-specific sections."""
+        return self.model.model_dump(mode="json")
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return dict(self.model.extra)
+
+    @property
+    def file_layout(self) -> FileLayout | None:
+        return self.model.file_layout
+
+    @property
+    def lookups(self) -> dict[str, dict[str, Any]]:
+        return {name: dict(table) for name, table in self.model.lookups.items()}
+
+    @property
+    def routes(self) -> list[RouteRule]:
+        return list(self.model.routes)
+
+    # ---------------------------------------------------------------- status
+
+    @property
+    def statuses(self) -> frozenset[str]:
+        """Every status code the department declared (mapped or ignored)."""
+        return frozenset(self.model.status_in)
+
+    def map_status_in(self, raw_code: str) -> StatusMapping | None:
+        """Canonical meaning of a department code; None when explicitly ignored.
+
+        Exact match first, then a trimmed case-insensitive one; an unknown code raises
+        UnmappedStatus, it is never defaulted.
+        """
+        code = (
+            raw_code
+            if raw_code in self.model.status_in
+            else self._folded.get(raw_code.strip().casefold())
+        )
+        if code is None:
+            raise UnmappedStatus(self.name, raw_code)
+        target = self.model.status_in[code]
+        if target is None:
+            return None
+        return StatusMapping(CaseStatus(target.status), target.closure_reason, raw_code)
+
+    def status_out(self, canonical: str) -> str | None:
+        """Department code for a change the 311 side originates (None: not supported)."""
+        key = canonical.value if isinstance(canonical, CaseStatus) else canonical
+        return self.model.status_out.get(key)
+
+    # ---------------------------------------------------------------- payload
+
+    def build_payload(self, case: Case) -> dict[str, Any]:
+        """The department payload for a case; empty optional fields are left out."""
+        payload: dict[str, Any] = {}
+        for name, spec in self.model.fields.items():
+            value = self._field_value(case, name, spec)
+            if value is not None:
+                _put(payload, name, value)
+        return payload
+
+    def _field_value(self, case: Case, name: str, spec: FieldSpec) -> Any:
+        if spec.lookup is not None:
+            key = lookup_path(case, spec.lookup.path)
+            table = self.model.lookups[spec.lookup.table]
+            value = None if key is None else table.get(_text(key))
+        elif spec.path is not None:
+            value = self._converted(lookup_path(case, spec.path), spec)
+        else:
+            value = spec.const
+        if value is None or value == "" or value == []:
+            value = spec.default
+        if value is None and spec.required:
+            source = spec.source_path or "const"
+            raise PayloadError(name, f"required field has no value (from {source})")
+        return value
+
+    def _converted(self, value: Any, spec: FieldSpec) -> Any:
+        if isinstance(value, str) and spec.format and spec.path and is_datetime_path(spec.path):
+            value = _parse_datetime(value)
+        if isinstance(value, datetime):
+            return self._datetime(value, spec)
+        if isinstance(value, Enum):
+            return value.value
+        if isinstance(value, list):
+            return [getattr(item, "url", item) for item in value]  # evidence -> URLs
+        if hasattr(value, "model_dump"):
+            return value.model_dump(mode="json", exclude_none=True)
+        return value
+
+    def _datetime(self, value: datetime, spec: FieldSpec) -> str:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+        zone = self.local_timezone if spec.timezone == "department" else UTC
+        value = value.astimezone(zone)
+        return value.strftime(spec.format) if spec.format else value.isoformat()
+
+
+def _parse_datetime(text: str) -> datetime | str:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return text
+
+
+def _put(payload: dict[str, Any], name: str, value: Any) -> None:
+    """`Location.Address` builds nested objects in the payload."""
+    *parents, leaf = name.split(".")
+    node = payload
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+@dataclass
+class MappingSet:
+    """The service catalogue and every department mapping, validated."""
+
+    catalogue: dict[str, ServiceDefinition]
+    departments: dict[str, DepartmentMapping]
+    _rules: dict[str, list[_Rule]] = field(default_factory=dict, repr=False)
+    _names: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for service in self.catalogue.values():
+            for label in (service.service_code, service.service_name, *service.aliases):
+                self._names.setdefault(label.strip().casefold(), service.service_code)
+        order = 0
+        for dept in self.departments.values():
+            for i, rule in enumerate(dept.model.routes):
+                where = f"{dept.source.name} routes[{i}]"
+                self._rules.setdefault(rule.service_code, []).append(
+                    _Rule(rule, dept.name, where, order)
+                )
+                order += 1
+
+    def service_for_name(self, name_or_alias: str) -> ServiceDefinition | None:
+        """Service by code, name or alias (case-insensitive), e.g. a CRM export's type."""
+        code = self._names.get(name_or_alias.strip().casefold())
+        return self.catalogue.get(code) if code else None
+
+    def route(self, case: Case) -> Route | None:
+        """`when` rules first, most specific first (then file order); then the plain route."""
+        rules = self._rules.get(case.service_code, [])
+        ordered = sorted(rules, key=lambda r: (-r.specificity, r.order))
+        for rule in ordered:
+            if rule.matches(case):
+                return rule.to_route()
+        return None
+
+    def department(self, name: str) -> DepartmentMapping:
+        return self.departments[name]
+
+
+def load_mappings(directory: Path | None = None) -> MappingSet:
+    """Load and validate every *.yaml of `directory` (default: the mappings directory).
+
+    Raises MappingError with every problem when anything is invalid: bad mappings never
+    half-load.
+    """
+    problems, docs = collect(directory or mappings_dir(), None)
+    if problems:
+        raise MappingError(problems)
+    catalogue: dict[str, ServiceDefinition] = {}
+    departments: dict[str, DepartmentMapping] = {}
+    for doc in docs:
+        if isinstance(doc.model, CatalogueFile):
+            catalogue.update((s.service_code, s) for s in doc.model.services)
+        elif isinstance(doc.model, DepartmentFile):
+            m = doc.model
+            departments[m.department] = DepartmentMapping(
+                m.department, m.adapter, m.timezone, doc.source.path, m
+            )
+    return MappingSet(catalogue, departments)
