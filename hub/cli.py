@@ -1,0 +1,430 @@
+"""The `hub` command. Each subcommand is a thin shell over a service; `--help` everywhere."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hub.config import ConfigError, load_config
+
+app = typer.Typer(
+    help="Department integration hub: 311 cases in, work orders out, status back.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Create or migrate the database schema.", no_args_is_help=True)
+adapters_app = typer.Typer(help="Installed department adapters.", no_args_is_help=True)
+mappings_app = typer.Typer(help="Declarative department mappings.", no_args_is_help=True)
+config_app = typer.Typer(help="The hub configuration file (HUB_CONFIG).", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: deliveries that need a human.", no_args_is_help=True)
+case_app = typer.Typer(help="Look at one case.", no_args_is_help=True)
+departments_app = typer.Typer(help="Department queues and health.", no_args_is_help=True)
+simulate_app = typer.Typer(help="Run a department simulator on a port.", no_args_is_help=True)
+for sub, name in [
+    (db_app, "db"), (adapters_app, "adapters"), (mappings_app, "mappings"),
+    (config_app, "config"), (dlq_app, "dlq"), (case_app, "case"),
+    (departments_app, "departments"), (simulate_app, "simulate"),
+]:
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Config file (default: $HUB_CONFIG or ./hub.yaml).")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _hub(config: Path | None):
+    from hub.services.runtime import Hub
+
+    try:
+        return Hub(load_config(config))
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _print_json(data) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- db
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[str | None, typer.Option(help="Database URL (default: $HUB_DATABASE_URL).")] = None,
+    revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
+) -> None:
+    """Create the schema or migrate it to the latest revision."""
+    from hub.store.db import database_url, redact_url
+    from hub.store.migrate import upgrade
+
+    target = database_url(url)
+    try:
+        now_at = upgrade(target, revision)
+    except Exception as exc:
+        err.print(f"cannot migrate {redact_url(target)}: {exc}", markup=False)
+        raise typer.Exit(1) from exc
+    out.print(f"database {redact_url(target)} is at revision {now_at}", markup=False)
+
+
+@db_app.command("current")
+def db_current(url: Annotated[str | None, typer.Option(help="Database URL.")] = None) -> None:
+    """Show the schema revision of the database."""
+    from hub.store.db import database_url, redact_url
+    from hub.store.migrate import current_revision, head_revision
+
+    target = database_url(url)
+    current = current_revision(target)
+    out.print(f"{redact_url(target)}: {current or 'empty'} (latest: {head_revision()})", markup=False)
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+@adapters_app.command("list")
+def adapters_list(as_json: JsonOption = False) -> None:
+    """Every installed adapter: name, transport, capabilities, config schema status."""
+    from hub.plugins import AdapterRegistry, describe_adapter, make_plugin_manager
+
+    rows = [describe_adapter(info) for info in AdapterRegistry.from_plugins(make_plugin_manager())]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("name", "transport", "capabilities", "config schema", "secrets", "from")
+    for row in rows:
+        table.add_row(
+            row["name"], row["transport"], ", ".join(row["capabilities"]), row["config_schema"],
+            ", ".join(row["secret_fields"]) or "-",
+            f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip(),
+        )
+    out.print(table)
+    if not rows:
+        out.print("no adapters installed (entry-point group hub.adapters)")
+
+
+# --------------------------------------------------------------------------- mappings / config
+
+
+@mappings_app.command("validate")
+def mappings_validate(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Files to check (default: all).")] = None,
+) -> None:
+    """Validate mapping files; print FILE:LINE: FIELD: message per problem, exit 1 if any."""
+    from hub.mapping.validate import validate_paths
+
+    problems = validate_paths(paths or None)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        raise typer.Exit(1)
+    typer.echo("mappings ok")
+
+
+@config_app.command("validate")
+def config_validate(config: ConfigOption = None) -> None:
+    """Validate the config file, each department's adapter settings and its mapping."""
+    from hub.config import build_adapter, config_path
+    from hub.plugins import AdapterRegistry, PluginError, make_plugin_manager
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            typer.echo(problem)
+        raise typer.Exit(1) from exc
+    registry = AdapterRegistry.from_plugins(make_plugin_manager())
+    problems: list[str] = []
+    where = str(cfg.source or config_path(config))
+    for name, dept in cfg.departments.items():
+        try:
+            build_adapter(name, dept, registry.get(dept.adapter), source=cfg.source)
+        except PluginError as exc:
+            problems.append(f"{where}: departments.{name}.adapter: {exc}")
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    for problem in problems:
+        typer.echo(problem)
+    if problems:
+        raise typer.Exit(1)
+    if not cfg.departments:
+        typer.echo("no departments configured yet")
+    typer.echo(f"config ok ({len(cfg.departments)} departments)")
+
+
+# --------------------------------------------------------------------------- worker
+
+
+@app.command()
+def worker(
+    config: ConfigOption = None,
+    drain: Annotated[bool, typer.Option(help="Exit when nothing is due.")] = False,
+    worker_id: Annotated[str | None, typer.Option(help="Name in leases and timelines.")] = None,
+) -> None:
+    """Deliver the outbox: runs until stopped (SIGTERM/SIGINT finish in-flight calls)."""
+    from hub.services.dispatch import Dispatcher
+
+    hub = _hub(config)
+    if not hub.configured_departments():
+        typer.echo("no departments configured yet")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        dispatcher = Dispatcher(hub, worker_id=worker_id)
+        try:
+            stats = await dispatcher.run(stop=stop, drain=drain)
+        finally:
+            await hub.aclose()
+        typer.echo(json.dumps(stats.as_dict()))
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- dlq
+
+
+@dlq_app.command("list")
+def dlq_list(
+    config: ConfigOption = None,
+    department: Annotated[str | None, typer.Option(help="Only this department.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Dead-lettered deliveries with their reason."""
+    from hub.store.repository import OutboxState
+
+    hub = _hub(config)
+    with hub.uow() as uow:
+        items = uow.outbox.list(state=OutboxState.DEAD, department=department)
+    rows = [
+        {
+            "id": i.id, "case_id": i.case_id, "department": i.department,
+            "operation": i.operation, "attempts": i.attempts,
+            "error_class": i.last_error_class, "reason": i.last_error_message,
+        }
+        for i in items
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("id", "case", "department", "op", "attempts", "class", "reason")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["case_id"], r["department"], r["operation"], str(r["attempts"]),
+            r["error_class"] or "", r["reason"] or "",
+        )
+    out.print(table)
+    out.print(f"{len(rows)} dead letters")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Outbox ids to replay.")] = None,
+    replay_all: Annotated[bool, typer.Option("--all", help="Replay every dead letter.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Put dead letters back in the queue with a fresh attempt budget."""
+    from hub.model import CaseEvent, DeliveryState
+
+    if not ids and not replay_all:
+        err.print("give outbox ids or --all")
+        raise typer.Exit(2)
+    hub = _hub(config)
+    with hub.uow() as uow:
+        dead = uow.outbox.list(state="dead")
+        chosen = [i for i in dead if replay_all or i.id in set(ids or [])]
+        count = uow.outbox.replay([i.id for i in chosen])
+        for item in chosen:
+            if item.operation == "create":
+                uow.work_orders.update(
+                    item.case_id, item.department, delivery_state=DeliveryState.PENDING
+                )
+            uow.timeline.append(
+                CaseEvent(
+                    case_id=item.case_id, kind="replayed", actor="cli", department=item.department,
+                    message=f"{item.operation} replayed from the dead-letter queue",
+                )
+            )
+        uow.commit()
+    missing = sorted(set(ids or []) - {i.id for i in chosen})
+    if missing:
+        err.print(f"not dead letters: {', '.join(map(str, missing))}")
+    typer.echo(f"replayed {count}")
+    if missing:
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- case
+
+
+@case_app.command("show")
+def case_show(
+    case_id: Annotated[str, typer.Argument(help="Hub id of the case.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A case with its work orders, pending deliveries and full timeline (no PII)."""
+    hub = _hub(config)
+    with hub.uow() as uow:
+        case = uow.cases.get(case_id)
+        if case is None:
+            err.print(f"no case {case_id}")
+            raise typer.Exit(1)
+        orders = uow.work_orders.for_case(case_id)
+        deliveries = uow.outbox.for_case(case_id)
+        timeline = uow.timeline.for_case(case_id)
+    data = {
+        "case": case.redacted(),
+        "work_orders": [o.model_dump(mode="json") for o in orders],
+        "deliveries": [
+            {
+                "id": d.id, "department": d.department, "operation": d.operation,
+                "state": d.state, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
+                "error_class": d.last_error_class, "error": d.last_error_message,
+            }
+            for d in deliveries
+        ],
+        "timeline": [e.model_dump(mode="json") for e in timeline],
+    }
+    if as_json:
+        _print_json(data)
+        return
+    out.print(
+        f"[bold]{case.hub_id}[/bold]  {case.service_code}  status={case.status.value}"
+        f"  department={case.department}  version={case.version}"
+    )
+    for order in orders:
+        out.print(
+            f"  work order @{order.department}: {order.external_id or '-'}"
+            f" delivery={order.delivery_state.value} raw={order.raw_status or '-'}",
+            markup=False,
+        )
+    table = Table("at", "kind", "level", "department", "message")
+    for event in timeline:
+        table.add_row(
+            event.at.isoformat(timespec="seconds"), event.kind, event.level.value,
+            event.department or "", event.message,
+        )
+    out.print(table)
+
+
+# --------------------------------------------------------------------------- departments
+
+
+@departments_app.command("status")
+def departments_status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Per department: paused/open, circuit, queue depth, oldest due, dead letters."""
+    from hub.model import utcnow
+
+    hub = _hub(config)
+    now = utcnow()
+    with hub.uow() as uow:
+        stats = uow.outbox.stats(now)
+        healths = uow.departments.all()
+    names = sorted(set(hub.config.departments) | set(stats) | set(healths))
+    rows = []
+    for name in names:
+        s, h = stats.get(name), healths.get(name)
+        configured = name in hub.config.enabled_departments()
+        rows.append({
+            "department": name,
+            "state": "paused" if h and h.paused else ("open" if configured else "not configured"),
+            "circuit": h.circuit if h else "closed",
+            "pause_reason": h.pause_reason if h else None,
+            "queue_depth": s.pending if s else 0,
+            "due_now": s.due if s else 0,
+            "held": s.held if s else 0,
+            "dead_letters": s.dead if s else 0,
+            "oldest_due": s.oldest_due.isoformat() if s and s.oldest_due else None,
+            "oldest_due_age_seconds": round((now - s.oldest_due).total_seconds(), 1)
+            if s and s.oldest_due and s.oldest_due <= now else 0,
+        })
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("department", "state", "circuit", "queue", "due", "held", "dead", "oldest due")
+    for r in rows:
+        table.add_row(
+            r["department"], r["state"], r["circuit"], str(r["queue_depth"]), str(r["due_now"]),
+            str(r["held"]), str(r["dead_letters"]), r["oldest_due"] or "-",
+        )
+    out.print(table)
+    if not rows:
+        out.print("no departments configured yet")
+
+
+@departments_app.command("resume")
+def departments_resume(
+    department: Annotated[str, typer.Argument(help="Department to resume.")],
+    config: ConfigOption = None,
+) -> None:
+    """Lift a pause (for example after fixing credentials) and close its circuit."""
+    from hub.services.dispatch import resume_department
+
+    resume_department(_hub(config), department)
+    typer.echo(f"{department} resumed")
+
+
+# --------------------------------------------------------------------------- simulators
+
+
+@simulate_app.command("publicworks")
+def simulate_publicworks(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8081,
+    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
+    faults: Annotated[str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")] = "none",
+) -> None:
+    """A Cityworks-like public-works system with fault injection and /__sim__/ endpoints."""
+    from hub.testing.simulators.publicworks import main
+
+    typer.echo(f"public-works simulator on http://{host}:{port} (faults: {faults})")
+    main(port=port, host=host, faults=faults)
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+def demo(
+    cases: Annotated[int, typer.Option("--cases", "-n", help="How many cases to feed.")] = 200,
+    faults: Annotated[str, typer.Option(help="Simulator fault profile.")] = "flaky",
+    from_file: Annotated[
+        Path | None, typer.Option("--from", help="A CRM export to replay instead of generated cases.")
+    ] = None,
+    directory: Annotated[
+        Path | None, typer.Option("--dir", help="Where the demo database goes (default: temp).")
+    ] = None,
+    as_json: JsonOption = False,
+    seed: Annotated[int, typer.Option(help="Seed for generated cases and faults.")] = 7,
+) -> None:
+    """Run everything in one process on SQLite: simulators, intake, worker; print a report."""
+    from hub.demo import run_demo
+
+    summary = run_demo(
+        cases=cases, faults=faults, from_file=from_file, directory=directory, seed=seed,
+        progress=not as_json and sys.stderr.isatty(), console=out,
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, default=str))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
