@@ -35,7 +35,8 @@ for sub, name in [
 ]:
     app.add_typer(sub, name=name)
 
-out = Console()
+# Piped output (CI logs, files) gets a wide page instead of rich's 80-column default.
+out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
 ConfigOption = Annotated[

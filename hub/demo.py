@@ -1,0 +1,166 @@
+"""`hub demo`: the whole flow in one process on the embedded default (SQLite).
+
+Department simulators start on loopback ports with injected faults, realistic cases go
+through intake and routing, a worker delivers them, and a table shows what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hub.model import Case
+from hub.services.dispatch import Dispatcher
+from hub.services.intake import IntakeService
+from hub.services.report import delivery_report
+from hub.testing.harness import simulated_city
+
+INTAKE_BATCH = 50
+
+
+def _cases(hub, *, count: int, from_file: Path | None, seed: int) -> tuple[Iterator[Case], int]:
+    if from_file is None:
+        from hub.testing.generator import CaseGenerator
+
+        return iter(CaseGenerator(hub.mappings, seed=seed).generate(count)), 0
+    from hub.imports.crm import read_export
+
+    skipped = 0
+
+    def rows() -> Iterator[Case]:
+        nonlocal skipped
+        for row in read_export(from_file, catalogue=hub.mappings):
+            if row.case is None:
+                skipped += 1
+                continue
+            yield row.case
+
+    return itertools.islice(rows(), count), skipped
+
+
+def _batches(items: Iterable[Case], size: int) -> Iterator[list[Case]]:
+    iterator = iter(items)
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+async def _feed_and_deliver(hub, cases: Iterable[Case], total: int, progress: Progress | None):
+    intake = IntakeService(hub)
+    dispatcher = Dispatcher(hub, worker_id="demo-worker")
+    stop = asyncio.Event()
+    worker = asyncio.create_task(dispatcher.run(stop=stop))
+    fed = 0
+    task = progress.add_task("intake", total=total) if progress else None
+    for batch in _batches(cases, INTAKE_BATCH):
+        await asyncio.to_thread(intake.submit_many, batch, actor="demo")
+        fed += len(batch)
+        if progress:
+            progress.update(task, completed=fed)
+        await asyncio.sleep(0)
+    if progress:
+        progress.update(task, total=fed, completed=fed)
+    delivered_task = progress.add_task("delivery", total=fed) if progress else None
+    while True:
+        pending = await asyncio.to_thread(_pending, hub)
+        if progress:
+            progress.update(delivered_task, completed=fed - pending)
+        if pending == 0 or worker.done():
+            break
+        await asyncio.sleep(0.2)
+    stop.set()
+    await worker
+    await hub.aclose()
+    return fed, dispatcher.stats
+
+
+def _pending(hub) -> int:
+    with hub.uow() as uow:
+        stats = uow.outbox.stats()
+    configured = set(hub.configured_departments())
+    return sum(s.pending for d, s in stats.items() if d in configured)
+
+
+def run_demo(
+    *,
+    cases: int = 200,
+    faults: str = "flaky",
+    from_file: Path | None = None,
+    directory: Path | None = None,
+    seed: int = 7,
+    progress: bool = True,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    console = console or Console()
+    workdir = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="hub-demo-"))
+    fault_spec = faults if "seed=" in faults else f"{faults},seed={seed}"
+    with simulated_city(workdir, faults=fault_spec, timeout_seconds=1.0, hang_seconds=1.5) as city:
+        hub = city.hub()
+        if not hub.configured_departments():
+            console.print("no departments configured yet")
+        case_iter, skipped = _cases(hub, count=cases, from_file=from_file, seed=seed)
+        started = time.perf_counter()
+        bar = _progress(console) if progress else None
+        if bar:
+            bar.start()
+        try:
+            fed, stats = asyncio.run(_feed_and_deliver(hub, case_iter, cases, bar))
+        finally:
+            if bar:
+                bar.stop()
+        elapsed = time.perf_counter() - started
+        reports = delivery_report(hub)
+        for name in city.servers:
+            if name in reports:
+                reports[name].duplicates = len(city.state(name)["duplicates"])
+        hub.dispose()
+    summary = {
+        "database": city.database_url,
+        "cases": fed,
+        "skipped_rows": skipped,
+        "faults": fault_spec,
+        "seconds": round(elapsed, 2),
+        "cases_per_second": round(fed / elapsed, 1) if elapsed else None,
+        "worker": stats.as_dict(),
+        "departments": {name: r.as_dict() for name, r in sorted(reports.items())},
+    }
+    _print_table(console, summary, configured=set(city.servers))
+    return summary
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    )
+
+
+def _print_table(console: Console, summary: dict[str, Any], *, configured: set[str]) -> None:
+    table = Table(title=f"hub demo: {summary['cases']} cases in {summary['seconds']} s"
+                        f" (faults: {summary['faults']})")
+    for column in ("department", "received", "delivered", "retried", "dead-lettered",
+                   "duplicates", "waiting", "p50 ms", "p95 ms"):
+        table.add_column(column, justify="left" if column == "department" else "right")
+    for name, r in summary["departments"].items():
+        waiting = str(r["pending"] + r["held"])
+        if name not in configured:
+            name += " (not configured yet)"
+        table.add_row(
+            name, str(r["received"]), str(r["delivered"]), str(r["retried"]),
+            str(r["dead_lettered"]), "-" if r["duplicates"] is None else str(r["duplicates"]),
+            waiting, _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+        )
+    console.print(table)
+    console.print(f"database: {summary['database']}", markup=False)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

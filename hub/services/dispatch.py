@@ -1,0 +1,486 @@
+"""The delivery engine: claim due outbox rows, call adapters, settle outcomes durably.
+
+One asyncio loop keeps many calls in flight. Each turn of the loop is one database
+transaction that both settles the attempts that finished and claims new rows (group
+commit), so the database is touched once per turn, not once per delivery.
+
+Exactly-once rests on three things: the lease (a row is worked by one worker at a time,
+and a crashed worker's row comes back when its lease expires), the fence (a worker that
+lost its lease cannot settle the row), and lookup-before-create (any create attempt after
+the first asks the department for the hub id before creating again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from time import perf_counter
+from typing import Any
+
+from hub.adapters import (
+    Adapter,
+    AuthFailed,
+    Capability,
+    CapabilityNotSupported,
+    DeliveryError,
+    ExternalRef,
+    MalformedResponse,
+    OutboundNote,
+    OutboundWorkOrder,
+    Permanent,
+    Transient,
+    UnknownOutcome,
+)
+from hub.config import DeliveryPolicy
+from hub.mapping import PayloadError
+from hub.model import (
+    Attachment,
+    Case,
+    CaseEvent,
+    CaseStatus,
+    DeliveryState,
+    EventLevel,
+    TransitionOutcome,
+    WorkOrder,
+    check_transition,
+    utcnow,
+)
+from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
+from hub.services.runtime import DepartmentNotConfigured, Hub
+from hub.store.repository import DepartmentHealth, OutboxItem, OutboxState, StaleCase
+from hub.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+# Outcomes of one attempt.
+DELIVERED, ADOPTED, DONE = "delivered", "adopted", "done"
+RETRY, DEAD, PAUSED, SKIPPED = "retry", "dead", "paused", "skipped"
+SUCCESSES = {DELIVERED, ADOPTED, DONE}
+
+
+@dataclass
+class Attempt:
+    item: OutboxItem
+    outcome: str
+    message: str
+    error_class: str | None = None
+    ref: ExternalRef | None = None
+    retry_after: float | None = None
+    duration_ms: float = 0.0
+    request_digest: str | None = None
+    looked_up: bool = False
+    department_failure: bool = False  # counts toward the circuit breaker
+
+
+@dataclass
+class DispatchStats:
+    attempts: Counter = field(default_factory=Counter)
+    claimed: int = 0
+    lost_leases: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"claimed": self.claimed, "lost_leases": self.lost_leases, **self.attempts}
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{random.randrange(16**6):06x}"
+
+
+def digest(payload: Any) -> str:
+    """Fingerprint of what was sent: recorded instead of the payload (which holds PII)."""
+    body = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        worker_id: str | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.hub = hub
+        self.worker_id = worker_id or default_worker_id()
+        self.clock = clock
+        self.rng = rng or random.Random()
+        cfg = hub.config.worker
+        self.batch_size = cfg.batch_size
+        self.concurrency = cfg.concurrency
+        self.lease = timedelta(seconds=cfg.lease_seconds)
+        self.idle_seconds = cfg.idle_poll_seconds
+        self.stats = DispatchStats()
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+
+    # ----------------------------------------------------------------------- loop
+
+    async def run(
+        self,
+        *,
+        stop: asyncio.Event | None = None,
+        drain: bool = False,
+        until_empty: bool = False,
+        timeout: float | None = None,
+    ) -> DispatchStats:
+        """Work until stopped. `drain`: return when nothing is due. `until_empty`: return
+        when no pending row is left at all (retries included). `timeout` caps the run."""
+        deadline = None if timeout is None else perf_counter() + timeout
+        inflight: set[asyncio.Task[Attempt]] = set()
+        finished: list[Attempt] = []
+        try:
+            while True:
+                stopping = (stop is not None and stop.is_set()) or (
+                    deadline is not None and perf_counter() > deadline
+                )
+                capacity = 0 if stopping else self.concurrency - len(inflight)
+                claimed = await asyncio.to_thread(self._turn, finished, capacity)
+                finished = []
+                for item, case, order in claimed:
+                    inflight.add(asyncio.create_task(self._attempt(item, case, order)))
+                if stopping and not inflight:
+                    break
+                if not inflight:
+                    if drain and not claimed:
+                        break
+                    if until_empty and not claimed and await asyncio.to_thread(self._empty):
+                        break
+                    await self._idle(stop)
+                    continue
+                done, inflight = await asyncio.wait(
+                    inflight, timeout=self.idle_seconds, return_when=asyncio.FIRST_COMPLETED
+                )
+                finished = [task.result() for task in done]
+        finally:
+            if inflight:  # cancelled mid-flight: leases expire and another worker resumes
+                for task in inflight:
+                    task.cancel()
+        return self.stats
+
+    async def _idle(self, stop: asyncio.Event | None) -> None:
+        if stop is None:
+            await asyncio.sleep(self.idle_seconds)
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=self.idle_seconds)
+        except TimeoutError:
+            pass
+
+    def _empty(self) -> bool:
+        with self.hub.uow() as uow:
+            stats = uow.outbox.stats(self.clock())
+        departments = set(self.hub.configured_departments())
+        return all(s.pending == 0 for d, s in stats.items() if d in departments)
+
+    # ----------------------------------------------------------------------- one turn
+
+    def _turn(
+        self, finished: list[Attempt], capacity: int
+    ) -> list[tuple[OutboxItem, Case, WorkOrder | None]]:
+        """Settle finished attempts and claim new rows, in one transaction."""
+        with self.hub.uow() as uow:
+            now = self.clock()
+            notifications = self._settle(uow, finished, now) if finished else []
+            claimed = self._claim(uow, capacity, now) if capacity > 0 else []
+            cases = uow.cases.get_many([item.case_id for item in claimed])
+            loaded = [
+                (item, cases[item.case_id], uow.work_orders.get(item.case_id, item.department))
+                for item in claimed
+                if item.case_id in cases
+            ]
+            uow.commit()
+        self.stats.claimed += len(loaded)
+        for case, old, new in notifications:
+            self._notify(case, old, new)
+        return loaded
+
+    def _claim(self, uow: UnitOfWork, capacity: int, now: datetime) -> list[OutboxItem]:
+        healths = uow.departments.all()
+        open_fully, canaries = [], []
+        for department in self.hub.configured_departments():
+            allowed = circuit_allows(healths.get(department, DepartmentHealth(department)), now)
+            if allowed == "all":
+                open_fully.append(department)
+            elif allowed == "canary":
+                canaries.append(department)
+        items: list[OutboxItem] = []
+        limit = min(self.batch_size, capacity)
+        if open_fully:
+            items += uow.outbox.claim(
+                worker=self.worker_id, limit=limit, lease=self.lease, now=now, only=open_fully
+            )
+        for department in canaries:
+            until = now + timedelta(seconds=self.hub.config.policy(department).breaker_cooldown_seconds)
+            if uow.departments.try_begin_canary(department, now=now, until=until):
+                items += uow.outbox.claim(
+                    worker=self.worker_id, limit=1, lease=self.lease, now=now, only=[department]
+                )
+        return items
+
+    # ----------------------------------------------------------------------- attempt
+
+    async def _attempt(self, item: OutboxItem, case: Case, order: WorkOrder | None) -> Attempt:
+        started = perf_counter()
+        attempt: Attempt
+        try:
+            adapter = self.hub.adapter(item.department)
+            async with self._semaphore(item.department):
+                attempt = await self._perform(adapter, item, case, order)
+        except DeliveryError as error:
+            attempt = self._classify(item, error)
+        except DepartmentNotConfigured as error:
+            attempt = Attempt(item, RETRY, str(error), error_class="not_configured")
+        except Exception as error:  # an adapter bug must never crash the worker
+            log.exception("adapter %s raised an unclassified error", item.department)
+            attempt = self._classify(item, Transient(f"unclassified {type(error).__name__}"))
+            attempt.error_class = "internal"
+        attempt.duration_ms = round((perf_counter() - started) * 1000, 2)
+        self.stats.attempts[attempt.outcome] += 1
+        return attempt
+
+    def _semaphore(self, department: str) -> asyncio.Semaphore:
+        if department not in self._semaphores:
+            limit = self.hub.config.policy(department).max_concurrency
+            self._semaphores[department] = asyncio.Semaphore(limit)
+        return self._semaphores[department]
+
+    async def _perform(
+        self, adapter: Adapter, item: OutboxItem, case: Case, order: WorkOrder | None
+    ) -> Attempt:
+        if item.operation == "create":
+            return await self._create(adapter, item, case, order)
+        external_id = order.external_id if order else None
+        if not external_id:
+            raise Permanent(f"{item.operation}: the department has no work order for this case")
+        payload = item.payload
+        if item.operation == "note":
+            await adapter.add_note(external_id, OutboundNote.model_validate(payload))
+        elif item.operation == "attach":
+            await adapter.attach(external_id, Attachment.model_validate(payload))
+        elif item.operation == "cancel":
+            await adapter.cancel(external_id, payload.get("reason"))
+        else:
+            raise Permanent(f"unknown operation {item.operation!r}")
+        return Attempt(item, DONE, f"{item.operation} delivered", request_digest=digest(payload))
+
+    async def _create(
+        self, adapter: Adapter, item: OutboxItem, case: Case, order: WorkOrder | None
+    ) -> Attempt:
+        if order and order.external_id:  # delivered before (e.g. replayed by hand)
+            return Attempt(item, DONE, f"already delivered as {order.external_id}")
+        looked_up = False
+        if item.attempts > 1 and adapter.supports(Capability.FIND_BY_REFERENCE):
+            looked_up = True
+            found = await adapter.find_by_reference(case.hub_id)
+            if found is not None:
+                return Attempt(
+                    item, ADOPTED, f"found existing work order {found.external_id} by reference;"
+                    " adopted, not created again", ref=found, looked_up=True,
+                )
+        try:
+            payload = self.hub.mapping(item.department).build_payload(case)
+        except PayloadError as error:
+            raise Permanent(f"mapping: {error}") from error
+        outbound = OutboundWorkOrder(
+            hub_id=case.hub_id, department=item.department, work_order_type=case.work_order_type,
+            priority=case.priority.value, payload=payload, evidence=case.evidence,
+        )
+        request_digest = digest(payload)
+        try:
+            ref = await adapter.create(outbound)
+        except DeliveryError as error:
+            error.request_digest = request_digest  # type: ignore[attr-defined]
+            raise
+        return Attempt(
+            item, DELIVERED, f"work order {ref.external_id} created", ref=ref,
+            request_digest=request_digest, looked_up=looked_up,
+        )
+
+    def _classify(self, item: OutboxItem, error: DeliveryError) -> Attempt:
+        policy = self.hub.config.policy(item.department)
+        adapter_can_look_up = self._can_look_up(item.department)
+        request_digest = getattr(error, "request_digest", None)
+
+        def made(outcome: str, message: str, **kw: Any) -> Attempt:
+            return Attempt(
+                item, outcome, message, error_class=error.error_class,
+                request_digest=request_digest, **kw,
+            )
+
+        if isinstance(error, CapabilityNotSupported):
+            return made(SKIPPED, f"not deliverable: {error.message}")
+        if isinstance(error, AuthFailed):
+            return made(PAUSED, f"authentication failed: {error.message}")
+        if isinstance(error, Permanent):
+            return made(DEAD, f"permanent failure: {error.message}")
+        maybe_applied = isinstance(error, UnknownOutcome) or (
+            isinstance(error, MalformedResponse) and item.operation == "create"
+        )
+        if maybe_applied and item.operation == "create" and not adapter_can_look_up:
+            return made(
+                DEAD, f"outcome unknown ({error.message}) and the department cannot be searched"
+                " by reference: check by hand before replaying", department_failure=True,
+            )
+        if item.attempts >= policy.max_attempts:
+            return made(
+                DEAD, f"gave up after {item.attempts} attempts: {error.message}",
+                department_failure=True,
+            )
+        retry_after = getattr(error, "retry_after", None)
+        if maybe_applied and retry_after is None:
+            retry_after = policy.unknown_outcome_delay_seconds
+        return made(RETRY, error.message, retry_after=retry_after, department_failure=True)
+
+    def _can_look_up(self, department: str) -> bool:
+        try:
+            return self.hub.adapter(department).supports(Capability.FIND_BY_REFERENCE)
+        except Exception:
+            return False
+
+    # ----------------------------------------------------------------------- settle
+
+    def _settle(
+        self, uow: UnitOfWork, attempts: list[Attempt], now: datetime
+    ) -> list[tuple[Case, CaseStatus, CaseStatus]]:
+        healths = uow.departments.all()
+        touched: set[str] = set()
+        notifications = []
+        for attempt in attempts:
+            item = attempt.item
+            health = healths.setdefault(item.department, DepartmentHealth(item.department))
+            events = [self._attempt_event(attempt, now)]
+            if not self._settle_row(uow, attempt, now):
+                self.stats.lost_leases += 1
+                continue  # another worker owns the row now; its lookup will adopt our work
+            touched.add(item.department)
+            events += self._apply_outcome(uow, attempt, health, now, notifications)
+            uow.timeline.append(*events)
+        for department in touched:
+            uow.departments.put(healths[department])
+        return notifications
+
+    def _settle_row(self, uow: UnitOfWork, attempt: Attempt, now: datetime) -> bool:
+        outbox, item, worker = uow.outbox, attempt.item, self.worker_id
+        if attempt.outcome in SUCCESSES:
+            return outbox.mark_done(item.id, worker=worker)
+        if attempt.outcome == DEAD:
+            return outbox.mark_dead(
+                item.id, error_class=attempt.error_class or "permanent",
+                message=attempt.message, worker=worker,
+            )
+        if attempt.outcome == SKIPPED:
+            return outbox.mark_skipped(item.id, reason=attempt.message, worker=worker)
+        policy = self.hub.config.policy(item.department)
+        if attempt.outcome == PAUSED:
+            delay, refund = policy.breaker_cooldown_seconds, True
+        else:
+            delay = backoff_delay(
+                item.attempts, policy, retry_after=attempt.retry_after, rng=self.rng
+            )
+            refund = attempt.error_class == "not_configured"
+        return outbox.schedule_retry(
+            item.id, at=now + timedelta(seconds=delay), error_class=attempt.error_class or "",
+            message=attempt.message, worker=worker, refund_attempt=refund,
+        )
+
+    def _apply_outcome(self, uow, attempt: Attempt, health, now, notifications) -> list[CaseEvent]:
+        item = attempt.item
+        policy = self.hub.config.policy(item.department)
+        events: list[CaseEvent] = []
+        if attempt.outcome in SUCCESSES:
+            if record_success(health):
+                events.append(self._event(item, "circuit_closed", "department answered again"))
+            if item.operation == "create" and attempt.ref is not None:
+                self._record_delivery(uow, item, attempt.ref, notifications)
+        elif attempt.outcome == DEAD and item.operation == "create":
+            uow.work_orders.update(item.case_id, item.department, delivery_state=DeliveryState.DEAD)
+        elif attempt.outcome == PAUSED:
+            health.paused = True
+            health.pause_reason = attempt.message
+            events.append(
+                self._event(
+                    item, "department_paused", f"{item.department} paused: {attempt.message};"
+                    f" resume with `hub departments resume {item.department}`", EventLevel.ALERT,
+                )
+            )
+        if attempt.department_failure and record_failure(health, policy, now):
+            events.append(
+                self._event(
+                    item, "circuit_opened", f"{item.department} failing"
+                    f" ({health.consecutive_failures} in a row); pausing for"
+                    f" {policy.breaker_cooldown_seconds:g}s, then one canary", EventLevel.ALERT,
+                )
+            )
+        if attempt.outcome == DEAD:
+            events.append(self._event(item, "dead_lettered", attempt.message, EventLevel.ALERT))
+        return events
+
+    def _record_delivery(self, uow: UnitOfWork, item: OutboxItem, ref: ExternalRef, notes) -> None:
+        uow.work_orders.update(
+            item.case_id, item.department, external_id=ref.external_id,
+            raw_status=ref.raw_status, delivery_state=DeliveryState.DELIVERED,
+        )
+        case = uow.cases.get(item.case_id)
+        if case is None or check_transition(case.status, CaseStatus.IN_QUEUE) is not (
+            TransitionOutcome.APPLIED
+        ):
+            return
+        version, old = case.version, case.status
+        case.transition(CaseStatus.IN_QUEUE)
+        try:
+            uow.cases.save(case, expected_version=version)
+        except StaleCase:  # status sync moved it meanwhile; its status wins
+            return
+        notes.append((case, old, case.status))
+
+    def _attempt_event(self, attempt: Attempt, now: datetime) -> CaseEvent:
+        item = attempt.item
+        level = {RETRY: EventLevel.WARNING, DEAD: EventLevel.ALERT, PAUSED: EventLevel.ALERT}
+        return CaseEvent(
+            case_id=item.case_id, kind="delivery_attempt", at=now, actor=self.worker_id,
+            department=item.department, level=level.get(attempt.outcome, EventLevel.INFO),
+            message=attempt.message,
+            detail={
+                "operation": item.operation, "attempt": item.attempts, "outcome": attempt.outcome,
+                "error_class": attempt.error_class, "duration_ms": attempt.duration_ms,
+                "request_digest": attempt.request_digest, "looked_up": attempt.looked_up,
+                "external_id": attempt.ref.external_id if attempt.ref else None,
+                "retry_after": attempt.retry_after,
+            },
+        )
+
+    def _event(
+        self, item: OutboxItem, kind: str, message: str, level: EventLevel = EventLevel.INFO
+    ) -> CaseEvent:
+        return CaseEvent(
+            case_id=item.case_id, kind=kind, actor=self.worker_id, department=item.department,
+            level=level, message=message,
+        )
+
+    def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
+        try:
+            self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=None)
+        except Exception:
+            log.exception("on_status_change hook failed for case %s", case.hub_id)
+
+
+def resume_department(hub: Hub, department: str) -> None:
+    """Lift a pause (after fixing credentials): the next worker turn delivers again."""
+    with hub.uow() as uow:
+        health = uow.departments.get(department)
+        health.paused, health.pause_reason = False, None
+        record_success(health)
+        uow.departments.put(health)
+        uow.commit()
+
+
+__all__ = ["DeliveryPolicy", "Dispatcher", "DispatchStats", "resume_department"]

@@ -1,0 +1,92 @@
+"""The Hub: everything one process needs, built once from configuration."""
+
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import pluggy
+from sqlalchemy import Engine
+
+from hub.adapters import Adapter
+from hub.config import HubConfig, build_adapter, load_config
+from hub.mapping import DepartmentMapping, MappingSet, load_mappings
+from hub.plugins import AdapterRegistry, make_plugin_manager
+from hub.store.db import database_url, make_engine
+from hub.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+
+class DepartmentNotConfigured(LookupError):
+    pass
+
+
+class Hub:
+    """Wires config, store, mappings, plugins and adapters together."""
+
+    def __init__(
+        self,
+        config: HubConfig | None = None,
+        *,
+        database: str | Engine | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+        mappings: MappingSet | None = None,
+    ) -> None:
+        self.config = config or load_config()
+        if isinstance(database, Engine):
+            self.engine = database
+            self.database_url = str(database.url)
+        else:
+            self.database_url = database_url(database)
+            self.engine = make_engine(self.database_url)
+        self.pm = plugin_manager or make_plugin_manager()
+        self._mappings = mappings
+        self._adapters: dict[str, Adapter] = {}
+
+    @classmethod
+    def from_environment(cls, config_file: Path | str | None = None) -> Hub:
+        return cls(load_config(config_file))
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self.engine)
+
+    @cached_property
+    def registry(self) -> AdapterRegistry:
+        return AdapterRegistry.from_plugins(self.pm)
+
+    @property
+    def mappings(self) -> MappingSet:
+        if self._mappings is None:
+            self._mappings = load_mappings(self.config.mappings)
+        return self._mappings
+
+    def mapping(self, department: str) -> DepartmentMapping:
+        return self.mappings.departments[department]
+
+    def configured_departments(self) -> list[str]:
+        return sorted(self.config.enabled_departments())
+
+    def adapter(self, department: str) -> Adapter:
+        """The department's adapter instance (one per process, created on first use)."""
+        if department not in self._adapters:
+            dept = self.config.enabled_departments().get(department)
+            if dept is None:
+                raise DepartmentNotConfigured(f"department {department!r} is not configured")
+            adapter_cls = self.registry.get(dept.adapter)
+            self._adapters[department] = build_adapter(
+                department, dept, adapter_cls, source=self.config.source
+            )
+        return self._adapters[department]
+
+    async def aclose(self) -> None:
+        for adapter in self._adapters.values():
+            try:
+                await adapter.aclose()
+            except Exception:  # closing must not mask the real shutdown reason
+                log.exception("closing adapter %s failed", adapter.name)
+        self._adapters.clear()
+
+    def dispose(self) -> None:
+        self.engine.dispose()

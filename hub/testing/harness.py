@@ -1,0 +1,113 @@
+"""A simulated city: department simulators on loopback plus a Hub configured against them.
+
+Used by the demo, the tests and the benchmarks so all three exercise the same wiring. The
+hub reaches the public-works adapter through its entry point, like any installation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig
+from hub.services.runtime import Hub
+from hub.store.migrate import upgrade
+from hub.testing.simulators.base import BaseSimulator, FaultProfile, SimulatorServer
+from hub.testing.simulators.publicworks import DEFAULT_LOGIN, DEFAULT_PASSWORD, PublicWorksSimulator
+
+REPO_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
+PASSWORD_ENV = "HUB_SIM_PUBLICWORKS_PASSWORD"
+
+# Fast retry settings so a test or demo run finishes in seconds, not the production minutes.
+FAST_DELIVERY = DeliveryPolicy(
+    max_attempts=12,
+    backoff_base_seconds=0.05,
+    backoff_cap_seconds=1.0,
+    unknown_outcome_delay_seconds=0.05,
+    breaker_failures=25,
+    breaker_cooldown_seconds=0.5,
+)
+
+
+@dataclass
+class SimulatedCity:
+    directory: Path
+    database_url: str
+    servers: dict[str, SimulatorServer] = field(default_factory=dict)
+    timeout_seconds: float = 1.0
+    delivery: DeliveryPolicy = field(default_factory=lambda: FAST_DELIVERY)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    def simulator(self, department: str) -> BaseSimulator:
+        simulator = self.servers[department].simulator
+        assert simulator is not None
+        return simulator
+
+    def url(self, department: str) -> str:
+        return self.servers[department].url
+
+    def config(self) -> HubConfig:
+        departments = {
+            "publicworks": DepartmentConfig(
+                adapter="publicworks",
+                settings={
+                    "base_url": self.url("publicworks"),
+                    "login_name": DEFAULT_LOGIN,
+                    "password": {"env": PASSWORD_ENV},
+                    "timeout_seconds": self.timeout_seconds,
+                },
+                delivery=self.delivery,
+            )
+        }
+        return HubConfig(mappings=REPO_MAPPINGS, departments=departments, worker=self.worker)
+
+    def config_dict(self) -> dict[str, Any]:
+        """The same config as YAML-ready data, for worker subprocesses (`hub worker -c`)."""
+        return self.config().model_dump(mode="json", exclude={"source"})
+
+    def hub(self) -> Hub:
+        return Hub(self.config(), database=self.database_url)
+
+    def state(self, department: str) -> dict[str, Any]:
+        """The department's own view, read over HTTP like an operator would."""
+        return httpx.get(f"{self.url(department)}/__sim__/state", timeout=30).json()
+
+    def set_faults(self, department: str, faults: str | dict[str, Any]) -> None:
+        self.simulator(department).set_faults(faults)
+
+
+@contextmanager
+def simulated_city(
+    directory: Path,
+    *,
+    faults: str | FaultProfile = "none",
+    database_url: str | None = None,
+    timeout_seconds: float = 1.0,
+    hang_seconds: float | None = None,
+    delivery: DeliveryPolicy | None = None,
+    worker: WorkerConfig | None = None,
+) -> Iterator[SimulatedCity]:
+    """Start the simulators, migrate the database, and yield the wiring."""
+    directory.mkdir(parents=True, exist_ok=True)
+    url = database_url or f"sqlite:///{directory / 'hub.db'}"
+    upgrade(url)
+    profile = FaultProfile.coerce(faults)
+    if hang_seconds is not None:
+        profile = profile.model_copy(update={"hang_seconds": hang_seconds})
+    os.environ.setdefault(PASSWORD_ENV, DEFAULT_PASSWORD)
+    with ExitStack() as stack:
+        server = stack.enter_context(SimulatorServer(PublicWorksSimulator(faults=profile)))
+        yield SimulatedCity(
+            directory=directory,
+            database_url=url,
+            servers={"publicworks": server},
+            timeout_seconds=timeout_seconds,
+            delivery=delivery or FAST_DELIVERY,
+            worker=worker or WorkerConfig(idle_poll_seconds=0.05),
+        )
