@@ -29,9 +29,14 @@ case_app = typer.Typer(help="Look at one case.", no_args_is_help=True)
 departments_app = typer.Typer(help="Department queues and health.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Run a department simulator on a port.", no_args_is_help=True)
 for sub, name in [
-    (db_app, "db"), (adapters_app, "adapters"), (mappings_app, "mappings"),
-    (config_app, "config"), (dlq_app, "dlq"), (case_app, "case"),
-    (departments_app, "departments"), (simulate_app, "simulate"),
+    (db_app, "db"),
+    (adapters_app, "adapters"),
+    (mappings_app, "mappings"),
+    (config_app, "config"),
+    (dlq_app, "dlq"),
+    (case_app, "case"),
+    (departments_app, "departments"),
+    (simulate_app, "simulate"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -40,7 +45,8 @@ out = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True)
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Config file (default: $HUB_CONFIG or ./hub.yaml).")
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (default: $HUB_CONFIG or ./hub.yaml)."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
@@ -65,7 +71,9 @@ def _print_json(data) -> None:
 
 @db_app.command("upgrade")
 def db_upgrade(
-    url: Annotated[str | None, typer.Option(help="Database URL (default: $HUB_DATABASE_URL).")] = None,
+    url: Annotated[
+        str | None, typer.Option(help="Database URL (default: $HUB_DATABASE_URL).")
+    ] = None,
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Create the schema or migrate it to the latest revision."""
@@ -89,7 +97,9 @@ def db_current(url: Annotated[str | None, typer.Option(help="Database URL.")] = 
 
     target = database_url(url)
     current = current_revision(target)
-    out.print(f"{redact_url(target)}: {current or 'empty'} (latest: {head_revision()})", markup=False)
+    out.print(
+        f"{redact_url(target)}: {current or 'empty'} (latest: {head_revision()})", markup=False
+    )
 
 
 # --------------------------------------------------------------------------- adapters
@@ -107,7 +117,10 @@ def adapters_list(as_json: JsonOption = False) -> None:
     table = Table("name", "transport", "capabilities", "config schema", "secrets", "from")
     for row in rows:
         table.add_row(
-            row["name"], row["transport"], ", ".join(row["capabilities"]), row["config_schema"],
+            row["name"],
+            row["transport"],
+            ", ".join(row["capabilities"]),
+            row["config_schema"],
             ", ".join(row["secret_fields"]) or "-",
             f"{row['distribution'] or row['plugin']} {row['version'] or ''}".strip(),
         )
@@ -121,7 +134,9 @@ def adapters_list(as_json: JsonOption = False) -> None:
 
 @mappings_app.command("validate")
 def mappings_validate(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Files to check (default: all).")] = None,
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Files to check (default: all).")
+    ] = None,
 ) -> None:
     """Validate mapping files; print FILE:LINE: FIELD: message per problem, exit 1 if any."""
     from hub.mapping.validate import validate_paths
@@ -213,9 +228,13 @@ def dlq_list(
         items = uow.outbox.list(state=OutboxState.DEAD, department=department)
     rows = [
         {
-            "id": i.id, "case_id": i.case_id, "department": i.department,
-            "operation": i.operation, "attempts": i.attempts,
-            "error_class": i.last_error_class, "reason": i.last_error_message,
+            "id": i.id,
+            "case_id": i.case_id,
+            "department": i.department,
+            "operation": i.operation,
+            "attempts": i.attempts,
+            "error_class": i.last_error_class,
+            "reason": i.last_error_message,
         }
         for i in items
     ]
@@ -225,8 +244,13 @@ def dlq_list(
     table = Table("id", "case", "department", "op", "attempts", "class", "reason")
     for r in rows:
         table.add_row(
-            str(r["id"]), r["case_id"], r["department"], r["operation"], str(r["attempts"]),
-            r["error_class"] or "", r["reason"] or "",
+            str(r["id"]),
+            r["case_id"],
+            r["department"],
+            r["operation"],
+            str(r["attempts"]),
+            r["error_class"] or "",
+            r["reason"] or "",
         )
     out.print(table)
     out.print(f"{len(rows)} dead letters")
@@ -256,7 +280,10 @@ def dlq_replay(
                 )
             uow.timeline.append(
                 CaseEvent(
-                    case_id=item.case_id, kind="replayed", actor="cli", department=item.department,
+                    case_id=item.case_id,
+                    kind="replayed",
+                    actor="cli",
+                    department=item.department,
                     message=f"{item.operation} replayed from the dead-letter queue",
                 )
             )
@@ -293,9 +320,14 @@ def case_show(
         "work_orders": [o.model_dump(mode="json") for o in orders],
         "deliveries": [
             {
-                "id": d.id, "department": d.department, "operation": d.operation,
-                "state": d.state, "attempts": d.attempts, "next_attempt_at": d.next_attempt_at,
-                "error_class": d.last_error_class, "error": d.last_error_message,
+                "id": d.id,
+                "department": d.department,
+                "operation": d.operation,
+                "state": d.state,
+                "attempts": d.attempts,
+                "next_attempt_at": d.next_attempt_at,
+                "error_class": d.last_error_class,
+                "error": d.last_error_message,
             }
             for d in deliveries
         ],
@@ -317,8 +349,11 @@ def case_show(
     table = Table("at", "kind", "level", "department", "message")
     for event in timeline:
         table.add_row(
-            event.at.isoformat(timespec="seconds"), event.kind, event.level.value,
-            event.department or "", event.message,
+            event.at.isoformat(timespec="seconds"),
+            event.kind,
+            event.level.value,
+            event.department or "",
+            event.message,
         )
     out.print(table)
 
@@ -341,27 +376,38 @@ def departments_status(config: ConfigOption = None, as_json: JsonOption = False)
     for name in names:
         s, h = stats.get(name), healths.get(name)
         configured = name in hub.config.enabled_departments()
-        rows.append({
-            "department": name,
-            "state": "paused" if h and h.paused else ("open" if configured else "not configured"),
-            "circuit": h.circuit if h else "closed",
-            "pause_reason": h.pause_reason if h else None,
-            "queue_depth": s.pending if s else 0,
-            "due_now": s.due if s else 0,
-            "held": s.held if s else 0,
-            "dead_letters": s.dead if s else 0,
-            "oldest_due": s.oldest_due.isoformat() if s and s.oldest_due else None,
-            "oldest_due_age_seconds": round((now - s.oldest_due).total_seconds(), 1)
-            if s and s.oldest_due and s.oldest_due <= now else 0,
-        })
+        rows.append(
+            {
+                "department": name,
+                "state": "paused"
+                if h and h.paused
+                else ("open" if configured else "not configured"),
+                "circuit": h.circuit if h else "closed",
+                "pause_reason": h.pause_reason if h else None,
+                "queue_depth": s.pending if s else 0,
+                "due_now": s.due if s else 0,
+                "held": s.held if s else 0,
+                "dead_letters": s.dead if s else 0,
+                "oldest_due": s.oldest_due.isoformat() if s and s.oldest_due else None,
+                "oldest_due_age_seconds": round((now - s.oldest_due).total_seconds(), 1)
+                if s and s.oldest_due and s.oldest_due <= now
+                else 0,
+            }
+        )
     if as_json:
         _print_json(rows)
         return
     table = Table("department", "state", "circuit", "queue", "due", "held", "dead", "oldest due")
     for r in rows:
         table.add_row(
-            r["department"], r["state"], r["circuit"], str(r["queue_depth"]), str(r["due_now"]),
-            str(r["held"]), str(r["dead_letters"]), r["oldest_due"] or "-",
+            r["department"],
+            r["state"],
+            r["circuit"],
+            str(r["queue_depth"]),
+            str(r["due_now"]),
+            str(r["held"]),
+            str(r["dead_letters"]),
+            r["oldest_due"] or "-",
         )
     out.print(table)
     if not rows:
@@ -387,7 +433,9 @@ def departments_resume(
 def simulate_publicworks(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8081,
     host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
-    faults: Annotated[str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")] = "none",
+    faults: Annotated[
+        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
+    ] = "none",
 ) -> None:
     """A Cityworks-like public-works system with fault injection and /__sim__/ endpoints."""
     from hub.testing.simulators.publicworks import main
@@ -404,7 +452,8 @@ def demo(
     cases: Annotated[int, typer.Option("--cases", "-n", help="How many cases to feed.")] = 200,
     faults: Annotated[str, typer.Option(help="Simulator fault profile.")] = "flaky",
     from_file: Annotated[
-        Path | None, typer.Option("--from", help="A CRM export to replay instead of generated cases.")
+        Path | None,
+        typer.Option("--from", help="A CRM export to replay instead of generated cases."),
     ] = None,
     directory: Annotated[
         Path | None, typer.Option("--dir", help="Where the demo database goes (default: temp).")
@@ -416,8 +465,13 @@ def demo(
     from hub.demo import run_demo
 
     summary = run_demo(
-        cases=cases, faults=faults, from_file=from_file, directory=directory, seed=seed,
-        progress=not as_json and sys.stderr.isatty(), console=out,
+        cases=cases,
+        faults=faults,
+        from_file=from_file,
+        directory=directory,
+        seed=seed,
+        progress=not as_json and sys.stderr.isatty(),
+        console=out,
     )
     if as_json:
         typer.echo(json.dumps(summary, default=str))

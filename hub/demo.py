@@ -138,25 +138,46 @@ def run_demo(
 
 def _progress(console: Console) -> Progress:
     return Progress(
-        TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("{task.description:>8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     )
 
 
 def _print_table(console: Console, summary: dict[str, Any], *, configured: set[str]) -> None:
-    table = Table(title=f"hub demo: {summary['cases']} cases in {summary['seconds']} s"
-                        f" (faults: {summary['faults']})")
-    for column in ("department", "received", "delivered", "retried", "dead-lettered",
-                   "duplicates", "waiting", "p50 ms", "p95 ms"):
+    table = Table(
+        title=f"hub demo: {summary['cases']} cases in {summary['seconds']} s"
+        f" (faults: {summary['faults']})"
+    )
+    for column in (
+        "department",
+        "received",
+        "delivered",
+        "retried",
+        "dead-lettered",
+        "duplicates",
+        "waiting",
+        "p50 ms",
+        "p95 ms",
+    ):
         table.add_column(column, justify="left" if column == "department" else "right")
     for name, r in summary["departments"].items():
         waiting = str(r["pending"] + r["held"])
         if name not in configured:
             name += " (not configured yet)"
         table.add_row(
-            name, str(r["received"]), str(r["delivered"]), str(r["retried"]),
-            str(r["dead_lettered"]), "-" if r["duplicates"] is None else str(r["duplicates"]),
-            waiting, _ms(r["p50_ms"]), _ms(r["p95_ms"]),
+            name,
+            str(r["received"]),
+            str(r["delivered"]),
+            str(r["retried"]),
+            str(r["dead_lettered"]),
+            "-" if r["duplicates"] is None else str(r["duplicates"]),
+            waiting,
+            _ms(r["p50_ms"]),
+            _ms(r["p95_ms"]),
         )
     console.print(table)
     console.print(f"database: {summary['database']}", markup=False)

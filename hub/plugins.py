@@ -99,7 +99,8 @@ class AdapterRegistry:
             return self.adapters[name].cls
         except KeyError:
             known = ", ".join(sorted(self.adapters)) or "none"
-            raise PluginError(f"no adapter named {name!r} is installed (installed: {known})")
+            message = f"no adapter named {name!r} is installed (installed: {known})"
+            raise PluginError(message) from None
 
     def __contains__(self, name: str) -> bool:
         return name in self.adapters

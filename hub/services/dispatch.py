@@ -13,6 +13,7 @@ the first asks the department for the hub id before creating again).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,7 +57,7 @@ from hub.model import (
 )
 from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
 from hub.services.runtime import DepartmentNotConfigured, Hub
-from hub.store.repository import DepartmentHealth, OutboxItem, OutboxState, StaleCase
+from hub.store.repository import DepartmentHealth, OutboxItem, StaleCase
 from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -170,10 +171,8 @@ class Dispatcher:
         if stop is None:
             await asyncio.sleep(self.idle_seconds)
             return
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=self.idle_seconds)
-        except TimeoutError:
-            pass
 
     def _empty(self) -> bool:
         with self.hub.uow() as uow:
@@ -219,7 +218,9 @@ class Dispatcher:
                 worker=self.worker_id, limit=limit, lease=self.lease, now=now, only=open_fully
             )
         for department in canaries:
-            until = now + timedelta(seconds=self.hub.config.policy(department).breaker_cooldown_seconds)
+            until = now + timedelta(
+                seconds=self.hub.config.policy(department).breaker_cooldown_seconds
+            )
             if uow.departments.try_begin_canary(department, now=now, until=until):
                 items += uow.outbox.claim(
                     worker=self.worker_id, limit=1, lease=self.lease, now=now, only=[department]
@@ -283,16 +284,24 @@ class Dispatcher:
             found = await adapter.find_by_reference(case.hub_id)
             if found is not None:
                 return Attempt(
-                    item, ADOPTED, f"found existing work order {found.external_id} by reference;"
-                    " adopted, not created again", ref=found, looked_up=True,
+                    item,
+                    ADOPTED,
+                    f"found existing work order {found.external_id} by reference;"
+                    " adopted, not created again",
+                    ref=found,
+                    looked_up=True,
                 )
         try:
             payload = self.hub.mapping(item.department).build_payload(case)
         except PayloadError as error:
             raise Permanent(f"mapping: {error}") from error
         outbound = OutboundWorkOrder(
-            hub_id=case.hub_id, department=item.department, work_order_type=case.work_order_type,
-            priority=case.priority.value, payload=payload, evidence=case.evidence,
+            hub_id=case.hub_id,
+            department=item.department,
+            work_order_type=case.work_order_type,
+            priority=case.priority.value,
+            payload=payload,
+            evidence=case.evidence,
         )
         request_digest = digest(payload)
         try:
@@ -301,8 +310,12 @@ class Dispatcher:
             error.request_digest = request_digest  # type: ignore[attr-defined]
             raise
         return Attempt(
-            item, DELIVERED, f"work order {ref.external_id} created", ref=ref,
-            request_digest=request_digest, looked_up=looked_up,
+            item,
+            DELIVERED,
+            f"work order {ref.external_id} created",
+            ref=ref,
+            request_digest=request_digest,
+            looked_up=looked_up,
         )
 
     def _classify(self, item: OutboxItem, error: DeliveryError) -> Attempt:
@@ -312,8 +325,12 @@ class Dispatcher:
 
         def made(outcome: str, message: str, **kw: Any) -> Attempt:
             return Attempt(
-                item, outcome, message, error_class=error.error_class,
-                request_digest=request_digest, **kw,
+                item,
+                outcome,
+                message,
+                error_class=error.error_class,
+                request_digest=request_digest,
+                **kw,
             )
 
         if isinstance(error, CapabilityNotSupported):
@@ -327,12 +344,15 @@ class Dispatcher:
         )
         if maybe_applied and item.operation == "create" and not adapter_can_look_up:
             return made(
-                DEAD, f"outcome unknown ({error.message}) and the department cannot be searched"
-                " by reference: check by hand before replaying", department_failure=True,
+                DEAD,
+                f"outcome unknown ({error.message}) and the department cannot be searched"
+                " by reference: check by hand before replaying",
+                department_failure=True,
             )
         if item.attempts >= policy.max_attempts:
             return made(
-                DEAD, f"gave up after {item.attempts} attempts: {error.message}",
+                DEAD,
+                f"gave up after {item.attempts} attempts: {error.message}",
                 department_failure=True,
             )
         retry_after = getattr(error, "retry_after", None)
@@ -374,8 +394,10 @@ class Dispatcher:
             return outbox.mark_done(item.id, worker=worker)
         if attempt.outcome == DEAD:
             return outbox.mark_dead(
-                item.id, error_class=attempt.error_class or "permanent",
-                message=attempt.message, worker=worker,
+                item.id,
+                error_class=attempt.error_class or "permanent",
+                message=attempt.message,
+                worker=worker,
             )
         if attempt.outcome == SKIPPED:
             return outbox.mark_skipped(item.id, reason=attempt.message, worker=worker)
@@ -388,8 +410,12 @@ class Dispatcher:
             )
             refund = attempt.error_class == "not_configured"
         return outbox.schedule_retry(
-            item.id, at=now + timedelta(seconds=delay), error_class=attempt.error_class or "",
-            message=attempt.message, worker=worker, refund_attempt=refund,
+            item.id,
+            at=now + timedelta(seconds=delay),
+            error_class=attempt.error_class or "",
+            message=attempt.message,
+            worker=worker,
+            refund_attempt=refund,
         )
 
     def _apply_outcome(self, uow, attempt: Attempt, health, now, notifications) -> list[CaseEvent]:
@@ -408,16 +434,22 @@ class Dispatcher:
             health.pause_reason = attempt.message
             events.append(
                 self._event(
-                    item, "department_paused", f"{item.department} paused: {attempt.message};"
-                    f" resume with `hub departments resume {item.department}`", EventLevel.ALERT,
+                    item,
+                    "department_paused",
+                    f"{item.department} paused: {attempt.message};"
+                    f" resume with `hub departments resume {item.department}`",
+                    EventLevel.ALERT,
                 )
             )
         if attempt.department_failure and record_failure(health, policy, now):
             events.append(
                 self._event(
-                    item, "circuit_opened", f"{item.department} failing"
+                    item,
+                    "circuit_opened",
+                    f"{item.department} failing"
                     f" ({health.consecutive_failures} in a row); pausing for"
-                    f" {policy.breaker_cooldown_seconds:g}s, then one canary", EventLevel.ALERT,
+                    f" {policy.breaker_cooldown_seconds:g}s, then one canary",
+                    EventLevel.ALERT,
                 )
             )
         if attempt.outcome == DEAD:
@@ -426,8 +458,11 @@ class Dispatcher:
 
     def _record_delivery(self, uow: UnitOfWork, item: OutboxItem, ref: ExternalRef, notes) -> None:
         uow.work_orders.update(
-            item.case_id, item.department, external_id=ref.external_id,
-            raw_status=ref.raw_status, delivery_state=DeliveryState.DELIVERED,
+            item.case_id,
+            item.department,
+            external_id=ref.external_id,
+            raw_status=ref.raw_status,
+            delivery_state=DeliveryState.DELIVERED,
         )
         case = uow.cases.get(item.case_id)
         if case is None or check_transition(case.status, CaseStatus.IN_QUEUE) is not (
@@ -446,13 +481,21 @@ class Dispatcher:
         item = attempt.item
         level = {RETRY: EventLevel.WARNING, DEAD: EventLevel.ALERT, PAUSED: EventLevel.ALERT}
         return CaseEvent(
-            case_id=item.case_id, kind="delivery_attempt", at=now, actor=self.worker_id,
-            department=item.department, level=level.get(attempt.outcome, EventLevel.INFO),
+            case_id=item.case_id,
+            kind="delivery_attempt",
+            at=now,
+            actor=self.worker_id,
+            department=item.department,
+            level=level.get(attempt.outcome, EventLevel.INFO),
             message=attempt.message,
             detail={
-                "operation": item.operation, "attempt": item.attempts, "outcome": attempt.outcome,
-                "error_class": attempt.error_class, "duration_ms": attempt.duration_ms,
-                "request_digest": attempt.request_digest, "looked_up": attempt.looked_up,
+                "operation": item.operation,
+                "attempt": item.attempts,
+                "outcome": attempt.outcome,
+                "error_class": attempt.error_class,
+                "duration_ms": attempt.duration_ms,
+                "request_digest": attempt.request_digest,
+                "looked_up": attempt.looked_up,
                 "external_id": attempt.ref.external_id if attempt.ref else None,
                 "retry_after": attempt.retry_after,
             },
@@ -462,8 +505,12 @@ class Dispatcher:
         self, item: OutboxItem, kind: str, message: str, level: EventLevel = EventLevel.INFO
     ) -> CaseEvent:
         return CaseEvent(
-            case_id=item.case_id, kind=kind, actor=self.worker_id, department=item.department,
-            level=level, message=message,
+            case_id=item.case_id,
+            kind=kind,
+            actor=self.worker_id,
+            department=item.department,
+            level=level,
+            message=message,
         )
 
     def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
@@ -483,4 +530,4 @@ def resume_department(hub: Hub, department: str) -> None:
         uow.commit()
 
 
-__all__ = ["DeliveryPolicy", "Dispatcher", "DispatchStats", "resume_department"]
+__all__ = ["DeliveryPolicy", "DispatchStats", "Dispatcher", "resume_department"]

@@ -81,7 +81,10 @@ class IntakeService:
         if route is None:
             events.append(
                 self._event(
-                    case, "unroutable", actor, "no route for this service code",
+                    case,
+                    "unroutable",
+                    actor,
+                    "no route for this service code",
                     level=EventLevel.WARNING,
                 )
             )
@@ -89,7 +92,10 @@ class IntakeService:
             self._apply_route(case, route)
             events.append(
                 self._event(
-                    case, "routed", actor, f"routed to {route.department}: {route.reason}",
+                    case,
+                    "routed",
+                    actor,
+                    f"routed to {route.department}: {route.reason}",
                     department=route.department,
                     detail={"work_order_type": route.work_order_type, "team": route.team},
                 )
@@ -118,9 +124,7 @@ class IntakeService:
                 self._event(case, "enriched", "hub", "case enriched", detail={"fields": fields})
             )
         for flag in context["flags"]:
-            events.append(
-                self._event(case, "flag", "hub", flag, level=EventLevel.WARNING)
-            )
+            events.append(self._event(case, "flag", "hub", flag, level=EventLevel.WARNING))
         return events
 
     def _route(self, case: Case) -> Route | None:
@@ -162,7 +166,11 @@ class IntakeService:
         if held:
             events.append(
                 self._event(
-                    case, held.state, actor, held.reason, department=route.department,
+                    case,
+                    held.state,
+                    actor,
+                    held.reason,
+                    department=route.department,
                     detail=held.detail,
                 )
             )
@@ -175,10 +183,22 @@ class IntakeService:
 
     @staticmethod
     def _event(
-        case: Case, kind: str, actor: str, message: str, *, level: EventLevel = EventLevel.INFO,
-        department: str | None = None, detail: dict[str, Any] | None = None,
+        case: Case,
+        kind: str,
+        actor: str,
+        message: str,
+        *,
+        level: EventLevel = EventLevel.INFO,
+        department: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> CaseEvent:
         return CaseEvent(
-            case_id=case.hub_id, kind=kind, actor=actor, level=level, message=message,
-            department=department, detail=detail or {}, source=case.source_system,
+            case_id=case.hub_id,
+            kind=kind,
+            actor=actor,
+            level=level,
+            message=message,
+            department=department,
+            detail=detail or {},
+            source=case.source_system,
         )

@@ -61,7 +61,9 @@ def delivery_report(hub: Hub) -> dict[str, DepartmentReport]:
         retried: dict[str, set[str]] = defaultdict(set)
         for case_id, dept, at, detail in conn.execute(
             select(
-                t.case_events.c.case_id, t.case_events.c.department, t.case_events.c.at,
+                t.case_events.c.case_id,
+                t.case_events.c.department,
+                t.case_events.c.at,
                 t.case_events.c.detail,
             ).where(t.case_events.c.kind == "delivery_attempt")
         ):

@@ -12,7 +12,10 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 def backoff_delay(
-    attempt: int, policy: DeliveryPolicy, *, retry_after: float | None = None,
+    attempt: int,
+    policy: DeliveryPolicy,
+    *,
+    retry_after: float | None = None,
     rng: random.Random | None = None,
 ) -> float:
     """Seconds until the next attempt: capped exponential with full jitter in its upper

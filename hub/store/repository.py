@@ -132,9 +132,9 @@ class TimelineRepository:
 
     def for_case(self, case_id: str) -> list[CaseEvent]:
         rows = self.connection.execute(
-            select(t.case_events).where(t.case_events.c.case_id == case_id).order_by(
-                t.case_events.c.id
-            )
+            select(t.case_events)
+            .where(t.case_events.c.case_id == case_id)
+            .order_by(t.case_events.c.id)
         )
         return [CaseEvent.model_validate(dict(row._mapping)) for row in rows]
 
@@ -340,17 +340,31 @@ class OutboxRepository:
     def mark_done(self, item_id: int, *, worker: str | None = None) -> bool:
         now = utcnow()
         return self._settle(
-            item_id, worker, state=OutboxState.DONE, locked_until=None, completed_at=now,
-            last_error_class=None, last_error_message=None,
+            item_id,
+            worker,
+            state=OutboxState.DONE,
+            locked_until=None,
+            completed_at=now,
+            last_error_class=None,
+            last_error_message=None,
         )
 
     def schedule_retry(
-        self, item_id: int, *, at: datetime, error_class: str, message: str,
-        worker: str | None = None, refund_attempt: bool = False,
+        self,
+        item_id: int,
+        *,
+        at: datetime,
+        error_class: str,
+        message: str,
+        worker: str | None = None,
+        refund_attempt: bool = False,
     ) -> bool:
         values: dict[str, Any] = {
-            "next_attempt_at": at, "locked_until": None, "locked_by": None,
-            "last_error_class": error_class, "last_error_message": message[:2000],
+            "next_attempt_at": at,
+            "locked_until": None,
+            "locked_by": None,
+            "last_error_class": error_class,
+            "last_error_message": message[:2000],
         }
         if refund_attempt:  # a paused department's turn does not count as an attempt
             values["attempts"] = t.outbox.c.attempts - 1
@@ -360,14 +374,22 @@ class OutboxRepository:
         self, item_id: int, *, error_class: str, message: str, worker: str | None = None
     ) -> bool:
         return self._settle(
-            item_id, worker, state=OutboxState.DEAD, locked_until=None,
-            last_error_class=error_class, last_error_message=message[:2000],
+            item_id,
+            worker,
+            state=OutboxState.DEAD,
+            locked_until=None,
+            last_error_class=error_class,
+            last_error_message=message[:2000],
         )
 
     def mark_skipped(self, item_id: int, *, reason: str, worker: str | None = None) -> bool:
         return self._settle(
-            item_id, worker, state=OutboxState.SKIPPED, locked_until=None,
-            last_error_class="skipped", last_error_message=reason[:2000],
+            item_id,
+            worker,
+            state=OutboxState.SKIPPED,
+            locked_until=None,
+            last_error_class="skipped",
+            last_error_message=reason[:2000],
         )
 
     def get(self, item_id: int) -> OutboxItem | None:
@@ -394,8 +416,12 @@ class OutboxRepository:
         if item_ids is not None:
             query = query.where(t.outbox.c.id.in_(list(item_ids)))
         values = {
-            "state": OutboxState.PENDING, "attempts": 0, "next_attempt_at": now,
-            "locked_until": None, "locked_by": None, "updated_at": now,
+            "state": OutboxState.PENDING,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "locked_until": None,
+            "locked_by": None,
+            "updated_at": now,
         }
         return self.connection.execute(query.values(**values)).rowcount
 
@@ -417,9 +443,7 @@ class OutboxRepository:
                 func.sum(_case(and_(o.c.state == OutboxState.PENDING, o.c.next_attempt_at <= now))),
                 func.sum(_case(o.c.state == OutboxState.DEAD)),
                 func.sum(_case(o.c.state == OutboxState.HELD)),
-                func.min(
-                    _case_value(o.c.state == OutboxState.PENDING, o.c.next_attempt_at)
-                ),
+                func.min(_case_value(o.c.state == OutboxState.PENDING, o.c.next_attempt_at)),
             ).group_by(o.c.department)
         )
         return {
@@ -471,9 +495,13 @@ class DepartmentStateRepository:
         rows = self.connection.execute(select(t.department_state))
         return {
             row.department: DepartmentHealth(
-                department=row.department, paused=row.paused, pause_reason=row.pause_reason,
-                circuit=row.circuit, consecutive_failures=row.consecutive_failures,
-                opened_at=row.opened_at, retry_at=row.retry_at,
+                department=row.department,
+                paused=row.paused,
+                pause_reason=row.pause_reason,
+                circuit=row.circuit,
+                consecutive_failures=row.consecutive_failures,
+                opened_at=row.opened_at,
+                retry_at=row.retry_at,
             )
             for row in rows
         }
@@ -497,9 +525,13 @@ class DepartmentStateRepository:
 
     def put(self, health: DepartmentHealth) -> None:
         values = {
-            "paused": health.paused, "pause_reason": health.pause_reason,
-            "circuit": health.circuit, "consecutive_failures": health.consecutive_failures,
-            "opened_at": health.opened_at, "retry_at": health.retry_at, "updated_at": utcnow(),
+            "paused": health.paused,
+            "pause_reason": health.pause_reason,
+            "circuit": health.circuit,
+            "consecutive_failures": health.consecutive_failures,
+            "opened_at": health.opened_at,
+            "retry_at": health.retry_at,
+            "updated_at": utcnow(),
         }
         stmt = _insert(self.connection, t.department_state).values(
             department=health.department, **values
