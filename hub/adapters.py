@@ -144,7 +144,8 @@ class AdapterConfig(BaseModel):
     environment or in files (mounted secrets), never in mappings or the config itself.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # hide_input_in_errors: a refused literal secret must not be echoed in the error text.
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     timeout_seconds: float = Field(default=10.0, gt=0, description="per-request timeout")
     timezone: str = Field(default="UTC", description="zone of the department's naive timestamps")

@@ -39,6 +39,9 @@ class DepartmentConfig(BaseModel):
 
     adapter: str
     enabled: bool = True
+    mapping: str | None = Field(
+        default=None, description="mapping file's department (default: this department's name)"
+    )
     settings: dict[str, Any] = Field(default_factory=dict)
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
 

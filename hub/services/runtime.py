@@ -63,7 +63,9 @@ class Hub:
         return self._mappings
 
     def mapping(self, department: str) -> DepartmentMapping:
-        return self.mappings.departments[department]
+        """The department's mapping; two departments on the same kind of system may share one."""
+        dept = self.config.departments.get(department)
+        return self.mappings.departments[(dept.mapping if dept else None) or department]
 
     def configured_departments(self) -> list[str]:
         return sorted(self.config.enabled_departments())

@@ -1,0 +1,241 @@
+"""The delivery engine against the real public-works simulator, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from hub.config import DepartmentConfig
+from hub.model import CaseStatus, DeliveryState, WorkOrder, utcnow
+from hub.services.dispatch import Dispatcher, resume_department
+from hub.services.intake import IntakeService
+from hub.services.runtime import Hub
+from hub.testing.harness import SimulatedCity
+from tests.services.conftest import assert_exactly_once, department_records, feed
+
+pytestmark = pytest.mark.timeout(180)
+
+
+async def drain(hub, *, timeout: float = 90) -> Dispatcher:
+    dispatcher = Dispatcher(hub, worker_id="test-worker")
+    await dispatcher.run(until_empty=True, timeout=timeout)
+    return dispatcher
+
+
+async def test_cases_become_work_orders_and_the_timeline_records_each_attempt(
+    city: SimulatedCity,
+) -> None:
+    hub = city.hub()
+    cases = feed(hub, 20)
+    await drain(hub)
+    tally = assert_exactly_once(hub, city, [c.hub_id for c in cases])
+    assert tally == {"delivered": 20, "dead": 0}
+    with hub.uow() as uow:
+        case = uow.cases.get(cases[0].hub_id)
+        timeline = uow.timeline.for_case(case.hub_id)
+    assert case.status is CaseStatus.IN_QUEUE
+    kinds = [e.kind for e in timeline]
+    assert kinds[:2] == ["received", "routed"] and kinds[-1] == "delivery_attempt"
+    attempt = timeline[-1].detail
+    assert attempt["outcome"] == "delivered" and attempt["request_digest"].startswith("sha256:")
+    assert attempt["duration_ms"] > 0
+    await hub.aclose()
+
+
+async def test_same_source_request_twice_is_one_case_and_one_work_order(
+    city: SimulatedCity,
+) -> None:
+    hub = city.hub()
+    [case] = feed(hub, 1)
+    again = case.model_copy(update={"hub_id": "ignored"})
+    result = IntakeService(hub).submit(again)
+    assert not result.created and result.case.hub_id == case.hub_id
+    await drain(hub)
+    assert city.state("publicworks")["create_calls"] == {case.hub_id: 1}
+    await hub.aclose()
+
+
+@pytest.mark.slow
+async def test_500_cases_with_30_percent_faults_are_delivered_exactly_once(
+    city: SimulatedCity,
+) -> None:
+    city.set_faults(
+        "publicworks",
+        {
+            "error_5xx": 0.05, "rate_limit_429": 0.05, "timeout_after_commit": 0.05,
+            "malformed": 0.05, "error_envelope": 0.05, "token_expiry": 0.05,
+            "retry_after_seconds": 0.2, "hang_seconds": 1.0, "seed": 311,
+        },
+    )
+    hub = city.hub()
+    cases = feed(hub, 500, seed=5)
+    dispatcher = await drain(hub, timeout=150)
+    tally = assert_exactly_once(hub, city, [c.hub_id for c in cases])
+    assert tally["delivered"] + tally["dead"] == 500
+    assert tally["delivered"] >= 495  # 12 attempts at 30% faults: a dead letter is ~1e-6
+    faults = city.state("publicworks")
+    assert dispatcher.stats.attempts["retry"] > 100  # the faults really happened
+    assert dispatcher.stats.attempts["adopted"] > 0 or faults["duplicates"] == {}
+    await hub.aclose()
+
+
+async def test_timeout_after_commit_is_adopted_by_lookup_not_created_twice(
+    city: SimulatedCity,
+) -> None:
+    hub = city.hub()
+    [warm_up] = feed(hub, 1, seed=99)
+    await drain(hub)  # logged in: the token is cached, so the faults below hit the calls
+    city.set_faults("publicworks", {"timeout_after_commit": 1.0, "hang_seconds": 1.0})
+    cases = feed(hub, 5)
+    dispatcher = Dispatcher(hub, worker_id="w")
+    await dispatcher.run(timeout=1.0)  # creates time out after the commit; lookups too
+    assert dispatcher.stats.attempts["retry"] >= 5
+    assert len(department_records(city)) == 6  # the department did commit every one
+    city.set_faults("publicworks", "none")
+    await drain(hub)
+    assert_exactly_once(hub, city, [warm_up.hub_id] + [c.hub_id for c in cases])
+    state = city.state("publicworks")
+    assert set(state["create_calls"].values()) == {1}  # never a second create
+    with hub.uow() as uow:
+        outcomes = [e.detail["outcome"] for e in uow.timeline.for_case(cases[0].hub_id)
+                    if e.kind == "delivery_attempt"]
+    assert outcomes[-1] == "adopted" and set(outcomes[:-1]) == {"retry"}
+    await hub.aclose()
+
+
+async def test_429_retry_after_is_honoured_in_the_stored_schedule(city: SimulatedCity) -> None:
+    city.set_faults("publicworks", {"rate_limit_429": 1.0, "retry_after_seconds": 30})
+    hub = city.hub()
+    [case] = feed(hub, 1)
+    before = utcnow()
+    await Dispatcher(hub, worker_id="w").run(drain=True)
+    with hub.uow() as uow:
+        [item] = uow.outbox.for_case(case.hub_id)
+    assert item.state == "pending" and item.last_error_class == "transient"
+    assert item.next_attempt_at >= before + timedelta(seconds=29)  # HTTP-date has 1 s grain
+    await hub.aclose()
+
+
+async def test_permanent_error_dead_letters_at_once_and_replay_delivers(
+    city: SimulatedCity,
+) -> None:
+    simulator = city.simulator("publicworks")
+    known = set(simulator.problem_codes)
+    simulator.problem_codes = set()  # the department rejects every problem code (code 30)
+    hub = city.hub()
+    [case] = feed(hub, 1)
+    await drain(hub)
+    with hub.uow() as uow:
+        [item] = uow.outbox.list(state="dead")
+        order = uow.work_orders.get(case.hub_id, "publicworks")
+        events = uow.timeline.for_case(case.hub_id)
+    assert item.attempts == 1 and item.last_error_class == "permanent"
+    assert order.delivery_state is DeliveryState.DEAD
+    assert any(e.kind == "dead_lettered" and e.level.value == "alert" for e in events)
+    simulator.problem_codes = known
+    with hub.uow() as uow:
+        assert uow.outbox.replay([item.id]) == 1
+        uow.commit()
+    await drain(hub)
+    assert_exactly_once(hub, city, [case.hub_id])
+    await hub.aclose()
+
+
+async def test_auth_failure_pauses_the_department_and_alerts(
+    city: SimulatedCity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HUB_SIM_PUBLICWORKS_PASSWORD", "wrong-password")
+    hub = city.hub()
+    [case] = feed(hub, 1)
+    await Dispatcher(hub, worker_id="w").run(drain=True)
+    with hub.uow() as uow:
+        health = uow.departments.get("publicworks")
+        [item] = uow.outbox.for_case(case.hub_id)
+        events = uow.timeline.for_case(case.hub_id)
+    assert health.paused and "authentication failed" in health.pause_reason
+    assert item.state == "pending" and item.attempts == 0  # a pause is not an attempt
+    assert any(e.kind == "department_paused" and e.level.value == "alert" for e in events)
+    assert "wrong-password" not in str([e.model_dump() for e in events])
+    await hub.aclose()
+    monkeypatch.setenv("HUB_SIM_PUBLICWORKS_PASSWORD", "hub-sim-password")
+    resume_department(hub, "publicworks")
+    with hub.uow() as uow:  # the pause delayed the row by a cool-down; make it due now
+        uow.outbox.schedule_retry(item.id, at=utcnow(), error_class="", message="")
+        uow.commit()
+    hub = city.hub()
+    await drain(hub)
+    assert_exactly_once(hub, city, [case.hub_id])
+    await hub.aclose()
+
+
+async def test_a_paused_department_does_not_hold_up_another(city: SimulatedCity) -> None:
+    """'streets' is a second department on the same kind of system whose credentials
+    are wrong: it pauses, public works keeps flowing."""
+    config = city.config()
+    streets = config.departments["publicworks"].model_copy(deep=True)
+    streets.settings["password"] = {"file": str(city.directory / "streets-password")}
+    (city.directory / "streets-password").write_text("not-the-password\n")
+    config.departments["streets"] = DepartmentConfig(
+        adapter="publicworks", settings=streets.settings, delivery=streets.delivery,
+        mapping="publicworks",
+    )
+    hub = Hub(config, database=city.database_url)
+    cases = feed(hub, 30)
+    with hub.uow() as uow:  # the first ten also need a streets work order
+        for case in cases[:10]:
+            uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
+            uow.outbox.enqueue(case_id=case.hub_id, department="streets", operation="create",
+                               idempotency_key=f"{case.hub_id}:streets:create")
+        uow.commit()
+    await Dispatcher(hub, worker_id="w").run(drain=True, timeout=60)
+    with hub.uow() as uow:
+        healths = uow.departments.all()
+        stats = uow.outbox.stats()
+    assert healths["streets"].paused
+    assert not healths.get("publicworks") or not healths["publicworks"].paused
+    assert stats["publicworks"].pending == 0 and stats["streets"].pending == 10
+    assert_exactly_once(hub, city, [c.hub_id for c in cases])
+    await hub.aclose()
+
+
+async def test_circuit_opens_on_an_outage_and_a_canary_closes_it(city: SimulatedCity) -> None:
+    city.set_faults("publicworks", "outage")
+    hub = city.hub()
+    cases = feed(hub, 40)
+    dispatcher = Dispatcher(hub, worker_id="w")
+    await dispatcher.run(until_empty=True, timeout=2.0)
+    with hub.uow() as uow:
+        health = uow.departments.get("publicworks")
+        opened = uow.timeline.count(kind="circuit_opened")
+    assert health.circuit in ("open", "half_open") and opened >= 1
+    attempts_during_outage = sum(dispatcher.stats.attempts.values())
+    # 25 failures open it; then one canary per cool-down (0.5 s), not a flood.
+    assert attempts_during_outage < 25 + 40
+    city.set_faults("publicworks", "none")
+    await drain(hub)
+    with hub.uow() as uow:
+        assert uow.departments.get("publicworks").circuit == "closed"
+        assert uow.timeline.count(kind="circuit_closed") >= 1
+    assert_exactly_once(hub, city, [c.hub_id for c in cases])
+    await hub.aclose()
+
+
+async def test_note_and_cancel_follow_the_create_in_order(city: SimulatedCity) -> None:
+    hub = city.hub()
+    [case] = feed(hub, 1)
+    with hub.uow() as uow:
+        for op, payload in [("note", {"text": "Resident: it is getting worse"}),
+                            ("cancel", {"reason": "duplicate of another request"})]:
+            uow.outbox.enqueue(case_id=case.hub_id, department="publicworks", operation=op,
+                               idempotency_key=f"{case.hub_id}:publicworks:{op}",
+                               payload=payload)
+        uow.commit()
+    await drain(hub)
+    [record] = department_records(city)[case.hub_id]
+    assert record["Status"] == "Canceled"
+    assert [c["Comments"] for c in record["comments"]][-1] == "Resident: it is getting worse"
+    with hub.uow() as uow:
+        done = [(i.operation, i.state) for i in uow.outbox.for_case(case.hub_id)]
+    assert done == [("create", "done"), ("note", "done"), ("cancel", "done")]
+    await hub.aclose()
