@@ -1,0 +1,169 @@
+"""The `hub` command as a user scripts it: exit codes, JSON output, messages."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.main import get_command
+from typer.testing import CliRunner
+
+from hub.cli import app
+from hub.testing.harness import SimulatedCity, simulated_city
+from tests.services.conftest import feed
+
+runner = CliRunner()
+
+
+def all_commands(group, prefix: tuple[str, ...] = ()):
+    """Walk the command tree (duck-typed: Typer vendors its own click)."""
+    ctx = group.make_context("hub", ["--help"], resilient_parsing=True)
+    for name in group.list_commands(ctx):
+        command = group.get_command(ctx, name)
+        yield (*prefix, name)
+        if hasattr(command, "list_commands"):
+            yield from all_commands(command, (*prefix, name))
+
+
+COMMANDS = list(all_commands(get_command(app)))
+
+
+def test_the_command_set_is_complete() -> None:
+    names = {" ".join(c) for c in COMMANDS}
+    assert {
+        "db upgrade", "adapters list", "mappings validate", "config validate", "worker",
+        "dlq list", "dlq replay", "case show", "departments status", "departments resume",
+        "simulate publicworks", "demo",
+    } <= names
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(command: tuple[str, ...]) -> None:
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output) > 80
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [Path(sys.executable).with_name("hub"), "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "worker" in result.stdout
+
+
+def test_db_upgrade_creates_the_schema(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUB_DATABASE_URL", db_url)
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert "is at revision 0001" in result.output
+
+
+def test_db_upgrade_defaults_to_sqlite_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUB_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert (tmp_path / "hub.db").exists()
+
+
+def test_adapters_list_json() -> None:
+    result = runner.invoke(app, ["adapters", "list", "--json"])
+    assert result.exit_code == 0
+    [publicworks] = [a for a in json.loads(result.output) if a["name"] == "publicworks"]
+    assert publicworks["transport"] == "http"
+    assert {"create", "find_by_reference", "status_poll"} <= set(publicworks["capabilities"])
+    assert publicworks["secret_fields"] == ["password"]
+    assert publicworks["config_schema"] == "ok"
+
+
+def test_mappings_validate_ok_and_bad(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["mappings", "validate"])
+    assert ok.exit_code == 0 and "mappings ok" in ok.output
+    bad = tmp_path / "publicworks.yaml"
+    text = Path("mappings/publicworks.yaml").read_text()
+    bad.write_text(text.replace("New: in_queue", "New: in_progress"))
+    result = runner.invoke(app, ["mappings", "validate", str(bad)])
+    assert result.exit_code == 1
+    line = text[: text.index("New: in_queue")].count("\n") + 1
+    assert f"{bad}:{line}: status_in.New:" in result.output
+
+
+def test_config_validate_refuses_a_literal_secret_without_echoing_it(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({
+        "mappings": str(Path("mappings").resolve()),
+        "departments": {"publicworks": {"adapter": "publicworks", "settings": {
+            "base_url": "http://127.0.0.1:9", "login_name": "hub",
+            "password": "hunter2-literal"}}},
+    }))
+    result = runner.invoke(app, ["config", "validate", "-c", str(config)])
+    assert result.exit_code == 1
+    assert "departments.publicworks.settings" in result.output and "password" in result.output
+    assert "hunter2-literal" not in result.output
+
+
+def test_config_validate_names_unknown_adapter_and_bad_field(tmp_path: Path) -> None:
+    config = tmp_path / "hub.yaml"
+    config.write_text(yaml.safe_dump({"departments": {
+        "parks": {"adapter": "no-such-adapter"},
+        "publicworks": {"adapter": "publicworks", "settings": {"login_name": "x"}},
+    }}))
+    result = runner.invoke(app, ["config", "validate", "-c", str(config)])
+    assert result.exit_code == 1
+    assert "departments.parks.adapter: no adapter named 'no-such-adapter'" in result.output
+    assert "departments.publicworks.settings.base_url: Field required" in result.output
+
+
+def test_config_validate_without_departments(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HUB_CONFIG", raising=False)
+    result = runner.invoke(app, ["config", "validate"])
+    assert result.exit_code == 0 and "no departments configured yet" in result.output
+
+
+@pytest.fixture
+def city_with_config(tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch):
+    with simulated_city(tmp_path / "city", database_url=db_url) as city:
+        config = tmp_path / "hub.yaml"
+        config.write_text(yaml.safe_dump(city.config_dict()))
+        monkeypatch.setenv("HUB_DATABASE_URL", db_url)
+        monkeypatch.setenv("HUB_CONFIG", str(config))
+        yield city
+
+
+def test_worker_dlq_case_and_departments_commands(city_with_config: SimulatedCity) -> None:
+    city = city_with_config
+    simulator = city.simulator("publicworks")
+    codes, simulator.problem_codes = simulator.problem_codes, set()  # every create refused
+    hub = city.hub()
+    cases = feed(hub, 3)
+    assert runner.invoke(app, ["worker", "--drain"]).exit_code == 0
+
+    dead = json.loads(runner.invoke(app, ["dlq", "list", "--json"]).output)
+    assert len(dead) == 3 and all(d["error_class"] == "permanent" for d in dead)
+    assert "InvalidField" in dead[0]["reason"]
+
+    status = json.loads(runner.invoke(app, ["departments", "status", "--json"]).output)
+    [publicworks] = [d for d in status if d["department"] == "publicworks"]
+    assert publicworks["dead_letters"] == 3 and publicworks["state"] == "open"
+
+    missing = runner.invoke(app, ["dlq", "replay", "999999"])
+    assert missing.exit_code == 1
+    simulator.problem_codes = codes
+    replay = runner.invoke(app, ["dlq", "replay", "--all"])
+    assert replay.exit_code == 0 and "replayed 3" in replay.output
+    assert runner.invoke(app, ["worker", "--drain"]).exit_code == 0
+
+    shown = json.loads(runner.invoke(app, ["case", "show", cases[0].hub_id, "--json"]).output)
+    kinds = [e["kind"] for e in shown["timeline"]]
+    assert kinds.count("delivery_attempt") == 2 and "replayed" in kinds
+    assert shown["work_orders"][0]["delivery_state"] == "delivered"
+    assert "requester" not in shown["case"]
+    table = runner.invoke(app, ["case", "show", cases[0].hub_id])
+    assert table.exit_code == 0 and "dead_lettered" in table.output
+    assert runner.invoke(app, ["case", "show", "nope"]).exit_code == 1
