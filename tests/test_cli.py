@@ -35,9 +35,18 @@ COMMANDS = list(all_commands(get_command(app)))
 def test_the_command_set_is_complete() -> None:
     names = {" ".join(c) for c in COMMANDS}
     assert {
-        "db upgrade", "adapters list", "mappings validate", "config validate", "worker",
-        "dlq list", "dlq replay", "case show", "departments status", "departments resume",
-        "simulate publicworks", "demo",
+        "db upgrade",
+        "adapters list",
+        "mappings validate",
+        "config validate",
+        "worker",
+        "dlq list",
+        "dlq replay",
+        "case show",
+        "departments status",
+        "departments resume",
+        "simulate publicworks",
+        "demo",
     } <= names
 
 
@@ -95,12 +104,23 @@ def test_mappings_validate_ok_and_bad(tmp_path: Path) -> None:
 
 def test_config_validate_refuses_a_literal_secret_without_echoing_it(tmp_path: Path) -> None:
     config = tmp_path / "hub.yaml"
-    config.write_text(yaml.safe_dump({
-        "mappings": str(Path("mappings").resolve()),
-        "departments": {"publicworks": {"adapter": "publicworks", "settings": {
-            "base_url": "http://127.0.0.1:9", "login_name": "hub",
-            "password": "hunter2-literal"}}},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "mappings": str(Path("mappings").resolve()),
+                "departments": {
+                    "publicworks": {
+                        "adapter": "publicworks",
+                        "settings": {
+                            "base_url": "http://127.0.0.1:9",
+                            "login_name": "hub",
+                            "password": "hunter2-literal",
+                        },
+                    }
+                },
+            }
+        )
+    )
     result = runner.invoke(app, ["config", "validate", "-c", str(config)])
     assert result.exit_code == 1
     assert "departments.publicworks.settings" in result.output and "password" in result.output
@@ -109,10 +129,16 @@ def test_config_validate_refuses_a_literal_secret_without_echoing_it(tmp_path: P
 
 def test_config_validate_names_unknown_adapter_and_bad_field(tmp_path: Path) -> None:
     config = tmp_path / "hub.yaml"
-    config.write_text(yaml.safe_dump({"departments": {
-        "parks": {"adapter": "no-such-adapter"},
-        "publicworks": {"adapter": "publicworks", "settings": {"login_name": "x"}},
-    }}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "departments": {
+                    "parks": {"adapter": "no-such-adapter"},
+                    "publicworks": {"adapter": "publicworks", "settings": {"login_name": "x"}},
+                }
+            }
+        )
+    )
     result = runner.invoke(app, ["config", "validate", "-c", str(config)])
     assert result.exit_code == 1
     assert "departments.parks.adapter: no adapter named 'no-such-adapter'" in result.output

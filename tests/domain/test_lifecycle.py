@@ -79,8 +79,15 @@ def test_reopen_clears_closure() -> None:
 
 @pytest.mark.parametrize(
     "status,expected",
-    [(S.RECEIVED, "open"), (S.ONSITE, "open"), (S.REOPENED, "open"), (S.RESOLVED, "closed"),
-     (S.CLOSED, "closed"), (S.CANCELLED, "closed"), (S.REJECTED, "closed")],
+    [
+        (S.RECEIVED, "open"),
+        (S.ONSITE, "open"),
+        (S.REOPENED, "open"),
+        (S.RESOLVED, "closed"),
+        (S.CLOSED, "closed"),
+        (S.CANCELLED, "closed"),
+        (S.REJECTED, "closed"),
+    ],
 )
 def test_open311_status_is_derived(status: CaseStatus, expected: str) -> None:
     assert status.open311 == expected

@@ -16,7 +16,8 @@ def streetlights_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     """A third-party adapter package with its dist-info, as pip would install it."""
     package = tmp_path / "hub_streetlights"
     package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent('''
+    (package / "__init__.py").write_text(
+        textwrap.dedent("""
         from pydantic import SecretStr
         from hub import Adapter, AdapterConfig, Capability, ExternalRef, hookimpl
 
@@ -36,10 +37,13 @@ def streetlights_distribution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         @hookimpl
         def hub_register_adapters():
             return [StreetlightsAdapter]
-    '''))
+    """)
+    )
     dist = tmp_path / "hub_streetlights-1.2.0.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: hub-streetlights\nVersion: 1.2.0\n")
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: hub-streetlights\nVersion: 1.2.0\n"
+    )
     (dist / "entry_points.txt").write_text("[hub.adapters]\nstreetlights = hub_streetlights\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path

@@ -12,14 +12,20 @@ from hub import hookspecs
 from hub.plugins import make_plugin_manager
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
-HOOKS = sorted(name for name in dir(make_plugin_manager(load_entry_points=False).hook)
-               if name.startswith("hub_"))
+HOOKS = sorted(
+    name
+    for name in dir(make_plugin_manager(load_entry_points=False).hook)
+    if name.startswith("hub_")
+)
 
 
 def test_there_are_hooks() -> None:
     assert HOOKS == [
-        "hub_before_dispatch", "hub_choose_route", "hub_enrich_case",
-        "hub_on_status_change", "hub_register_adapters",
+        "hub_before_dispatch",
+        "hub_choose_route",
+        "hub_enrich_case",
+        "hub_on_status_change",
+        "hub_register_adapters",
     ]
 
 

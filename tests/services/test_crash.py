@@ -33,7 +33,9 @@ def start_worker(city: SimulatedCity, config: Path, name: str) -> subprocess.Pop
     log = open(city.directory / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "hub.cli", "worker", "-c", str(config), "--worker-id", name],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -92,7 +94,9 @@ def test_worker_killed_with_sigkill_mid_batch_loses_and_duplicates_nothing(
     assert tally == {"delivered": 300, "dead": 0}
     with hub.uow() as uow:
         adopted = sum(
-            1 for c in cases for e in uow.timeline.for_case(c.hub_id)
+            1
+            for c in cases
+            for e in uow.timeline.for_case(c.hub_id)
             if e.kind == "delivery_attempt" and e.detail.get("outcome") == "adopted"
         )
     assert adopted >= in_flight_committed >= 0  # each orphan was found, not recreated

@@ -63,9 +63,15 @@ async def test_500_cases_with_30_percent_faults_are_delivered_exactly_once(
     city.set_faults(
         "publicworks",
         {
-            "error_5xx": 0.05, "rate_limit_429": 0.05, "timeout_after_commit": 0.05,
-            "malformed": 0.05, "error_envelope": 0.05, "token_expiry": 0.05,
-            "retry_after_seconds": 0.2, "hang_seconds": 1.0, "seed": 311,
+            "error_5xx": 0.05,
+            "rate_limit_429": 0.05,
+            "timeout_after_commit": 0.05,
+            "malformed": 0.05,
+            "error_envelope": 0.05,
+            "token_expiry": 0.05,
+            "retry_after_seconds": 0.2,
+            "hang_seconds": 1.0,
+            "seed": 311,
         },
     )
     hub = city.hub()
@@ -98,8 +104,11 @@ async def test_timeout_after_commit_is_adopted_by_lookup_not_created_twice(
     state = city.state("publicworks")
     assert set(state["create_calls"].values()) == {1}  # never a second create
     with hub.uow() as uow:
-        outcomes = [e.detail["outcome"] for e in uow.timeline.for_case(cases[0].hub_id)
-                    if e.kind == "delivery_attempt"]
+        outcomes = [
+            e.detail["outcome"]
+            for e in uow.timeline.for_case(cases[0].hub_id)
+            if e.kind == "delivery_attempt"
+        ]
     assert outcomes[-1] == "adopted" and set(outcomes[:-1]) == {"retry"}
     await hub.aclose()
 
@@ -177,7 +186,9 @@ async def test_a_paused_department_does_not_hold_up_another(city: SimulatedCity)
     streets.settings["password"] = {"file": str(city.directory / "streets-password")}
     (city.directory / "streets-password").write_text("not-the-password\n")
     config.departments["streets"] = DepartmentConfig(
-        adapter="publicworks", settings=streets.settings, delivery=streets.delivery,
+        adapter="publicworks",
+        settings=streets.settings,
+        delivery=streets.delivery,
         mapping="publicworks",
     )
     hub = Hub(config, database=city.database_url)
@@ -185,8 +196,12 @@ async def test_a_paused_department_does_not_hold_up_another(city: SimulatedCity)
     with hub.uow() as uow:  # the first ten also need a streets work order
         for case in cases[:10]:
             uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
-            uow.outbox.enqueue(case_id=case.hub_id, department="streets", operation="create",
-                               idempotency_key=f"{case.hub_id}:streets:create")
+            uow.outbox.enqueue(
+                case_id=case.hub_id,
+                department="streets",
+                operation="create",
+                idempotency_key=f"{case.hub_id}:streets:create",
+            )
         uow.commit()
     await Dispatcher(hub, worker_id="w").run(drain=True, timeout=60)
     with hub.uow() as uow:
@@ -225,11 +240,17 @@ async def test_note_and_cancel_follow_the_create_in_order(city: SimulatedCity) -
     hub = city.hub()
     [case] = feed(hub, 1)
     with hub.uow() as uow:
-        for op, payload in [("note", {"text": "Resident: it is getting worse"}),
-                            ("cancel", {"reason": "duplicate of another request"})]:
-            uow.outbox.enqueue(case_id=case.hub_id, department="publicworks", operation=op,
-                               idempotency_key=f"{case.hub_id}:publicworks:{op}",
-                               payload=payload)
+        for op, payload in [
+            ("note", {"text": "Resident: it is getting worse"}),
+            ("cancel", {"reason": "duplicate of another request"}),
+        ]:
+            uow.outbox.enqueue(
+                case_id=case.hub_id,
+                department="publicworks",
+                operation=op,
+                idempotency_key=f"{case.hub_id}:publicworks:{op}",
+                payload=payload,
+            )
         uow.commit()
     await drain(hub)
     [record] = department_records(city)[case.hub_id]

@@ -26,19 +26,37 @@ LEASE = timedelta(seconds=60)
 
 def a_case(n: int = 1, **kw) -> Case:
     return Case(
-        source_system="crm", source_id=f"SR-{n}", service_code="POTHOLE",
-        description="Deep pothole", lat=42.35, long=-71.06, address_string="1 Main St",
+        source_system="crm",
+        source_id=f"SR-{n}",
+        service_code="POTHOLE",
+        description="Deep pothole",
+        lat=42.35,
+        long=-71.06,
+        address_string="1 Main St",
         requester=Requester(first_name="Ada", email="ada@example.org"),
-        evidence=[Attachment(url="https://x.invalid/p.jpg", content_type="image/jpeg", size=10,
-                             digest=Attachment.digest_of(b"0123456789"))],
-        attributes={"ward": "3", "depth_cm": 12}, **kw,
+        evidence=[
+            Attachment(
+                url="https://x.invalid/p.jpg",
+                content_type="image/jpeg",
+                size=10,
+                digest=Attachment.digest_of(b"0123456789"),
+            )
+        ],
+        attributes={"ward": "3", "depth_cm": 12},
+        **kw,
     )
 
 
-def enqueue(uow: UnitOfWork, case_id: str, op: str = "create", dept: str = "publicworks",
-            due: datetime = T0) -> None:
-    assert uow.outbox.enqueue(case_id=case_id, department=dept, operation=op,
-                              idempotency_key=f"{case_id}:{dept}:{op}", due=due)
+def enqueue(
+    uow: UnitOfWork, case_id: str, op: str = "create", dept: str = "publicworks", due: datetime = T0
+) -> None:
+    assert uow.outbox.enqueue(
+        case_id=case_id,
+        department=dept,
+        operation=op,
+        idempotency_key=f"{case_id}:{dept}:{op}",
+        due=due,
+    )
 
 
 def test_case_round_trip_keeps_every_field(engine) -> None:
@@ -93,8 +111,12 @@ def test_timeline_keeps_order_and_detail(engine) -> None:
         uow.cases.add(case)
         uow.timeline.append(
             CaseEvent(case_id=case.hub_id, kind="received", message="in"),
-            CaseEvent(case_id=case.hub_id, kind="delivery_attempt", level=EventLevel.WARNING,
-                      detail={"attempt": 1, "error_class": "transient"}),
+            CaseEvent(
+                case_id=case.hub_id,
+                kind="delivery_attempt",
+                level=EventLevel.WARNING,
+                detail={"attempt": 1, "error_class": "transient"},
+            ),
         )
         uow.commit()
     with UnitOfWork(engine) as uow:
@@ -110,8 +132,13 @@ def test_work_order_unique_per_case_and_department(engine) -> None:
         uow.cases.add(case)
         assert uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
         assert not uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
-        uow.work_orders.update(case.hub_id, "publicworks", external_id="77",
-                               delivery_state=DeliveryState.DELIVERED, raw_status="New")
+        uow.work_orders.update(
+            case.hub_id,
+            "publicworks",
+            external_id="77",
+            delivery_state=DeliveryState.DELIVERED,
+            raw_status="New",
+        )
         uow.commit()
         order = uow.work_orders.by_external_id("publicworks", "77")
     assert order.case_id == case.hub_id and order.delivery_state is DeliveryState.DELIVERED
@@ -122,9 +149,12 @@ def test_outbox_enqueue_is_idempotent_by_key(engine) -> None:
     with UnitOfWork(engine) as uow:
         uow.cases.add(case)
         enqueue(uow, case.hub_id)
-        assert not uow.outbox.enqueue(case_id=case.hub_id, department="publicworks",
-                                      operation="create",
-                                      idempotency_key=f"{case.hub_id}:publicworks:create")
+        assert not uow.outbox.enqueue(
+            case_id=case.hub_id,
+            department="publicworks",
+            operation="create",
+            idempotency_key=f"{case.hub_id}:publicworks:create",
+        )
         uow.commit()
         assert uow.outbox.count() == 1
 
@@ -174,7 +204,7 @@ def test_operations_for_one_case_and_department_run_in_order(engine) -> None:
         enqueue(uow, case.hub_id, "create", dept="sanitation")  # other department: independent
         uow.commit()
     order = []
-    for step in range(5):
+    for _step in range(5):
         with UnitOfWork(engine) as uow:
             claimed = uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0)
             for item in claimed:
@@ -212,12 +242,18 @@ def test_retry_schedules_and_excluded_departments_wait(engine) -> None:
         enqueue(uow, case.hub_id)
         uow.commit()
     with UnitOfWork(engine) as uow:
-        assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0, exclude=["publicworks"]) == []
+        assert (
+            uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0, exclude=["publicworks"])
+            == []
+        )
         [item] = uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0)
         later = T0 + timedelta(seconds=30)
-        assert uow.outbox.schedule_retry(item.id, at=later, error_class="transient",
-                                         message="503", worker="w")
-        assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0 + timedelta(seconds=5)) == []
+        assert uow.outbox.schedule_retry(
+            item.id, at=later, error_class="transient", message="503", worker="w"
+        )
+        assert (
+            uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0 + timedelta(seconds=5)) == []
+        )
         stats = uow.outbox.stats(now=T0)["publicworks"]
         assert (stats.pending, stats.due, stats.oldest_due) == (1, 0, later)
         [again] = uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=later)
@@ -229,8 +265,14 @@ def test_held_rows_wait_until_released(engine) -> None:
     case = a_case()
     with UnitOfWork(engine) as uow:
         uow.cases.add(case)
-        uow.outbox.enqueue(case_id=case.hub_id, department="publicworks", operation="create",
-                           idempotency_key="k", due=T0, state=OutboxState.HELD)
+        uow.outbox.enqueue(
+            case_id=case.hub_id,
+            department="publicworks",
+            operation="create",
+            idempotency_key="k",
+            due=T0,
+            state=OutboxState.HELD,
+        )
         assert uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0) == []
         assert uow.outbox.release_held(case.hub_id, now=T0) == 1
         assert len(uow.outbox.claim(worker="w", limit=5, lease=LEASE, now=T0)) == 1
@@ -250,8 +292,9 @@ def test_sync_cursor_and_department_health_upsert(engine) -> None:
         assert uow.cursors.get("publicworks") is None
         uow.cursors.set("publicworks", T0)
         uow.cursors.set("publicworks", T0 + LEASE)
-        health = DepartmentHealth("publicworks", circuit="open", consecutive_failures=4,
-                                  retry_at=T0)
+        health = DepartmentHealth(
+            "publicworks", circuit="open", consecutive_failures=4, retry_at=T0
+        )
         uow.departments.put(health)
         uow.commit()
     with UnitOfWork(engine) as uow:
