@@ -68,7 +68,7 @@ def test_db_upgrade_creates_the_schema(db_url: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("HUB_DATABASE_URL", db_url)
     result = runner.invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "is at revision 0001" in result.output
+    assert "is at revision 0002" in result.output
 
 
 def test_db_upgrade_defaults_to_sqlite_in_the_working_directory(

@@ -52,11 +52,11 @@ from hub.model import (
     EventLevel,
     TransitionOutcome,
     WorkOrder,
-    check_transition,
     utcnow,
 )
 from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
 from hub.services.runtime import DepartmentNotConfigured, Hub
+from hub.services.status import change_status
 from hub.store.repository import DepartmentHealth, OutboxItem, StaleCase
 from hub.store.uow import UnitOfWork
 
@@ -465,17 +465,22 @@ class Dispatcher:
             delivery_state=DeliveryState.DELIVERED,
         )
         case = uow.cases.get(item.case_id)
-        if case is None or check_transition(case.status, CaseStatus.IN_QUEUE) is not (
-            TransitionOutcome.APPLIED
-        ):
+        if case is None:
             return
-        version, old = case.version, case.status
-        case.transition(CaseStatus.IN_QUEUE)
         try:
-            uow.cases.save(case, expected_version=version)
+            change = change_status(
+                uow,
+                case,
+                CaseStatus.IN_QUEUE,
+                source="hub",
+                actor=self.worker_id,
+                department=item.department,
+                raw_code=ref.raw_status,
+            )
         except StaleCase:  # status sync moved it meanwhile; its status wins
             return
-        notes.append((case, old, case.status))
+        if change.outcome is TransitionOutcome.APPLIED:
+            notes.append((case, change.old, change.new))
 
     def _attempt_event(self, attempt: Attempt, now: datetime) -> CaseEvent:
         item = attempt.item

@@ -23,6 +23,7 @@ from hub.model import (
     new_hub_id,
 )
 from hub.services.runtime import Hub
+from hub.services.status import change_status
 from hub.store.repository import OutboxState
 from hub.store.uow import UnitOfWork
 
@@ -103,9 +104,17 @@ class IntakeService:
             held = self._before_dispatch(case, route.department)
         if not uow.cases.add(case, token=token):  # a concurrent intake won the race
             return IntakeResult(uow.cases.get(case.hub_id) or case, created=False)
-        if route is not None:
-            self._enqueue(uow, case, route, held, events, actor)
         uow.timeline.append(*events)
+        if route is not None:
+            change_status(
+                uow,
+                case,
+                CaseStatus.ROUTED,
+                source="hub",
+                actor=actor,
+                department=route.department,
+            )
+            self._enqueue(uow, case, route, held, actor)
         return IntakeResult(case, created=True, route=route, held=held, events=events)
 
     def _enrich(self, case: Case) -> list[CaseEvent]:
@@ -140,13 +149,12 @@ class IntakeService:
             case.priority = route.priority
         if route.sla_hours is not None:
             case.sla_due = case.requested_datetime + timedelta(hours=route.sla_hours)
-        case.transition(CaseStatus.ROUTED)
 
     def _before_dispatch(self, case: Case, department: str) -> DispatchDecision | None:
         decisions = self.hub.pm.hook.hub_before_dispatch(case=case, department=department)
         return next((d for d in decisions if d is not None and d.hold), None)
 
-    def _enqueue(self, uow, case, route, held, events, actor) -> None:
+    def _enqueue(self, uow, case, route, held, actor) -> None:
         state = DeliveryState.HELD if held else DeliveryState.PENDING
         uow.work_orders.add(
             WorkOrder(
@@ -164,7 +172,7 @@ class IntakeService:
             state=OutboxState.HELD if held else OutboxState.PENDING,
         )
         if held:
-            events.append(
+            uow.timeline.append(
                 self._event(
                     case,
                     held.state,

@@ -540,6 +540,64 @@ class DepartmentStateRepository:
         self.connection.execute(stmt)
 
 
+# --------------------------------------------------------------------------- status updates
+
+
+@dataclass(frozen=True)
+class StatusUpdate:
+    """One canonical status change (an Open311 servicerequestupdates entry)."""
+
+    id: int
+    case_id: str
+    at: datetime
+    old_status: str | None
+    status: str
+    department: str | None
+    raw_code: str | None
+    description: str | None
+    media_url: str | None
+    closure_code: str | None
+    source: str
+
+    @classmethod
+    def from_row(cls, row) -> StatusUpdate:
+        m = row._mapping
+        return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+class StatusUpdateRepository:
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def add(self, **values: Any) -> int:
+        values.setdefault("at", utcnow())
+        stmt = t.status_updates.insert().values(**values).returning(t.status_updates.c.id)
+        return self.connection.execute(stmt).scalar_one()
+
+    def between(
+        self, start: datetime, end: datetime, *, limit: int = 1000, after_id: int = 0
+    ) -> list[StatusUpdate]:
+        rows = self.connection.execute(
+            select(t.status_updates)
+            .where(
+                t.status_updates.c.at >= start,
+                t.status_updates.c.at <= end,
+                t.status_updates.c.id > after_id,
+            )
+            .order_by(t.status_updates.c.id)
+            .limit(limit)
+        )
+        return [StatusUpdate.from_row(row) for row in rows]
+
+    def for_case(self, case_id: str) -> list[StatusUpdate]:
+        rows = self.connection.execute(
+            select(t.status_updates)
+            .where(t.status_updates.c.case_id == case_id)
+            .order_by(t.status_updates.c.id)
+        )
+        return [StatusUpdate.from_row(row) for row in rows]
+
+
 # --------------------------------------------------------------------------- scheduling
 
 
@@ -597,6 +655,8 @@ __all__ = [
     "OutboxState",
     "QueueStats",
     "StaleCase",
+    "StatusUpdate",
+    "StatusUpdateRepository",
     "SyncCursorRepository",
     "TimelineRepository",
     "WorkOrderRepository",

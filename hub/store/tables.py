@@ -193,3 +193,50 @@ department_state = Table(
     Column("retry_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# --------------------------------------------------------------------------- revision 0002
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(96), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),  # shown in listings; the key is not stored
+    Column("key_hash", String(128), nullable=False, unique=True),
+    Column("scopes", String(128), nullable=False, default="write"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("last_used_at", UTCDateTime),
+)
+
+# Every canonical status change of a case, in order: the Open311 servicerequestupdates feed
+# (update_id = id) and the source of CRM callbacks.
+status_updates = Table(
+    "status_updates",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("case_id", String(64), ForeignKey("cases.hub_id", ondelete="CASCADE"), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("old_status", String(16)),
+    Column("status", String(16), nullable=False),
+    Column("department", String(64)),
+    Column("raw_code", String(64)),
+    Column("description", Text),
+    Column("media_url", Text),
+    Column("closure_code", String(64)),
+    Column("source", String(32), nullable=False),  # hub | poll | push | file | api | reconcile
+    Index("ix_status_updates_at", "at"),
+    Index("ix_status_updates_case", "case_id", "id"),
+)
+
+reconcile_runs = Table(
+    "reconcile_runs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("department", String(64)),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("finished_at", UTCDateTime),
+    Column("healed", Boolean, nullable=False, default=False),
+    Column("counts", JSON, nullable=False, default=dict),
+    Column("report", JSON, nullable=False, default=dict),
+)

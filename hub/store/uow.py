@@ -11,6 +11,7 @@ from hub.store.repository import (
     DepartmentStateRepository,
     JobRunRepository,
     OutboxRepository,
+    StatusUpdateRepository,
     SyncCursorRepository,
     TimelineRepository,
     WorkOrderRepository,
@@ -27,6 +28,7 @@ class UnitOfWork:
     departments: DepartmentStateRepository
     job_runs: JobRunRepository
     cursors: SyncCursorRepository
+    status_updates: StatusUpdateRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -43,6 +45,7 @@ class UnitOfWork:
         self.departments = DepartmentStateRepository(conn)
         self.job_runs = JobRunRepository(conn)
         self.cursors = SyncCursorRepository(conn)
+        self.status_updates = StatusUpdateRepository(conn)
         return self
 
     def commit(self) -> None:
