@@ -27,24 +27,22 @@ from hub.testing.harness import simulated_city
 INTAKE_BATCH = 50
 
 
-def _cases(hub, *, count: int, from_file: Path | None, seed: int) -> tuple[Iterator[Case], int]:
+def _cases(hub, *, count: int, from_file: Path | None, seed: int, skipped: list[str]):
+    """The cases to feed; rows of an export that cannot become a case go to `skipped`."""
     if from_file is None:
         from hub.testing.generator import CaseGenerator
 
-        return iter(CaseGenerator(hub.mappings, seed=seed).generate(count)), 0
+        return iter(CaseGenerator(hub.mappings, seed=seed).generate(count))
     from hub.imports.crm import read_export
 
-    skipped = 0
-
     def rows() -> Iterator[Case]:
-        nonlocal skipped
         for row in read_export(from_file, catalogue=hub.mappings):
             if row.case is None:
-                skipped += 1
+                skipped.append(f"line {row.line}: {row.problem}")
                 continue
             yield row.case
 
-    return itertools.islice(rows(), count), skipped
+    return itertools.islice(rows(), count)
 
 
 def _batches(items: Iterable[Case], size: int) -> Iterator[list[Case]]:
@@ -106,7 +104,8 @@ def run_demo(
         hub = city.hub()
         if not hub.configured_departments():
             console.print("no departments configured yet")
-        case_iter, skipped = _cases(hub, count=cases, from_file=from_file, seed=seed)
+        skipped: list[str] = []
+        case_iter = _cases(hub, count=cases, from_file=from_file, seed=seed, skipped=skipped)
         started = time.perf_counter()
         bar = _progress(console) if progress else None
         if bar:
@@ -125,7 +124,7 @@ def run_demo(
     summary = {
         "database": city.database_url,
         "cases": fed,
-        "skipped_rows": skipped,
+        "skipped_rows": len(skipped),
         "faults": fault_spec,
         "seconds": round(elapsed, 2),
         "cases_per_second": round(fed / elapsed, 1) if elapsed else None,
@@ -180,6 +179,8 @@ def _print_table(console: Console, summary: dict[str, Any], *, configured: set[s
             _ms(r["p95_ms"]),
         )
     console.print(table)
+    if summary["skipped_rows"]:
+        console.print(f"{summary['skipped_rows']} export rows could not become cases (see --json)")
     console.print(f"database: {summary['database']}", markup=False)
 
 
