@@ -21,7 +21,7 @@ import os
 import random
 import socket
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from time import perf_counter
@@ -50,14 +50,13 @@ from hub.model import (
     CaseStatus,
     DeliveryState,
     EventLevel,
-    TransitionOutcome,
     WorkOrder,
     utcnow,
 )
 from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
 from hub.services.runtime import DepartmentNotConfigured, Hub
-from hub.services.status import change_status
-from hub.store.repository import DepartmentHealth, OutboxItem, StaleCase
+from hub.services.status import advance_many
+from hub.store.repository import DepartmentHealth, OutboxItem
 from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -66,6 +65,21 @@ log = logging.getLogger(__name__)
 DELIVERED, ADOPTED, DONE = "delivered", "adopted", "done"
 RETRY, DEAD, PAUSED, SKIPPED = "retry", "dead", "paused", "skipped"
 SUCCESSES = {DELIVERED, ADOPTED, DONE}
+
+# Operations that are not adapter calls (e.g. the CRM callback): the handler performs the
+# attempt and returns a message, or raises a classified DeliveryError like an adapter.
+# Their rows live under a pseudo-department, claimed alongside the configured ones.
+OperationHandler = Callable[["Hub", "OutboxItem", Case, "WorkOrder | None"], Awaitable[str]]
+OPERATIONS: dict[str, OperationHandler] = {}
+PSEUDO_DEPARTMENTS: set[str] = set()
+
+
+def register_operation(
+    operation: str, handler: OperationHandler, *, department: str | None = None
+) -> None:
+    OPERATIONS[operation] = handler
+    if department:
+        PSEUDO_DEPARTMENTS.add(department)
 
 
 @dataclass
@@ -80,6 +94,7 @@ class Attempt:
     request_digest: str | None = None
     looked_up: bool = False
     department_failure: bool = False  # counts toward the circuit breaker
+    case: Case | None = None  # as read at claim time (its version guards the status step)
 
 
 @dataclass
@@ -177,8 +192,11 @@ class Dispatcher:
     def _empty(self) -> bool:
         with self.hub.uow() as uow:
             stats = uow.outbox.stats(self.clock())
-        departments = set(self.hub.configured_departments())
+        departments = set(self._departments())
         return all(s.pending == 0 for d, s in stats.items() if d in departments)
+
+    def _departments(self) -> list[str]:
+        return [*self.hub.configured_departments(), *sorted(PSEUDO_DEPARTMENTS)]
 
     # ----------------------------------------------------------------------- one turn
 
@@ -191,8 +209,9 @@ class Dispatcher:
             notifications = self._settle(uow, finished, now) if finished else []
             claimed = self._claim(uow, capacity, now) if capacity > 0 else []
             cases = uow.cases.get_many([item.case_id for item in claimed])
+            orders = uow.work_orders.for_cases([item.case_id for item in claimed])
             loaded = [
-                (item, cases[item.case_id], uow.work_orders.get(item.case_id, item.department))
+                (item, cases[item.case_id], orders.get((item.case_id, item.department)))
                 for item in claimed
                 if item.case_id in cases
             ]
@@ -205,7 +224,7 @@ class Dispatcher:
     def _claim(self, uow: UnitOfWork, capacity: int, now: datetime) -> list[OutboxItem]:
         healths = uow.departments.all()
         open_fully, canaries = [], []
-        for department in self.hub.configured_departments():
+        for department in self._departments():
             allowed = circuit_allows(healths.get(department, DepartmentHealth(department)), now)
             if allowed == "all":
                 open_fully.append(department)
@@ -233,9 +252,8 @@ class Dispatcher:
         started = perf_counter()
         attempt: Attempt
         try:
-            adapter = self.hub.adapter(item.department)
             async with self._semaphore(item.department):
-                attempt = await self._perform(adapter, item, case, order)
+                attempt = await self._perform_any(item, case, order)
         except DeliveryError as error:
             attempt = self._classify(item, error)
         except DepartmentNotConfigured as error:
@@ -245,8 +263,16 @@ class Dispatcher:
             attempt = self._classify(item, Transient(f"unclassified {type(error).__name__}"))
             attempt.error_class = "internal"
         attempt.duration_ms = round((perf_counter() - started) * 1000, 2)
+        attempt.case = case
         self.stats.attempts[attempt.outcome] += 1
         return attempt
+
+    async def _perform_any(self, item: OutboxItem, case: Case, order: WorkOrder | None) -> Attempt:
+        handler = OPERATIONS.get(item.operation)
+        if handler is None:
+            return await self._perform(self.hub.adapter(item.department), item, case, order)
+        message = await handler(self.hub, item, case, order)
+        return Attempt(item, DONE, message, request_digest=digest(item.payload))
 
     def _semaphore(self, department: str) -> asyncio.Semaphore:
         if department not in self._semaphores:
@@ -371,22 +397,33 @@ class Dispatcher:
     def _settle(
         self, uow: UnitOfWork, attempts: list[Attempt], now: datetime
     ) -> list[tuple[Case, CaseStatus, CaseStatus]]:
+        """Write the outcomes of a turn's attempts: set-wise where the outcome is the common
+        one (success), row by row for the rest. Attempts whose lease moved to another
+        worker are dropped: that worker's lookup will adopt whatever this one did."""
+        owned = self._settle_rows(uow, attempts, now)
         healths = uow.departments.all()
-        touched: set[str] = set()
-        notifications = []
-        for attempt in attempts:
-            item = attempt.item
-            health = healths.setdefault(item.department, DepartmentHealth(item.department))
-            events = [self._attempt_event(attempt, now)]
-            if not self._settle_row(uow, attempt, now):
-                self.stats.lost_leases += 1
-                continue  # another worker owns the row now; its lookup will adopt our work
-            touched.add(item.department)
-            events += self._apply_outcome(uow, attempt, health, now, notifications)
-            uow.timeline.append(*events)
-        for department in touched:
+        events: list[CaseEvent] = []
+        deliveries: list[Attempt] = []
+        for attempt in owned:
+            department = attempt.item.department
+            health = healths.setdefault(department, DepartmentHealth(department))
+            events.append(self._attempt_event(attempt, now))
+            events += self._apply_outcome(uow, attempt, health, now, deliveries)
+        notifications = self._record_deliveries(uow, deliveries, now)
+        uow.timeline.append(*events)
+        for department in {a.item.department for a in owned}:
             uow.departments.put(healths[department])
         return notifications
+
+    def _settle_rows(self, uow: UnitOfWork, attempts: list[Attempt], now: datetime):
+        successes = [a for a in attempts if a.outcome in SUCCESSES]
+        done = uow.outbox.mark_done_many([a.item.id for a in successes], worker=self.worker_id)
+        owned = [a for a in successes if a.item.id in done]
+        owned += [
+            a for a in attempts if a.outcome not in SUCCESSES and self._settle_row(uow, a, now)
+        ]
+        self.stats.lost_leases += len(attempts) - len(owned)
+        return owned
 
     def _settle_row(self, uow: UnitOfWork, attempt: Attempt, now: datetime) -> bool:
         outbox, item, worker = uow.outbox, attempt.item, self.worker_id
@@ -418,7 +455,7 @@ class Dispatcher:
             refund_attempt=refund,
         )
 
-    def _apply_outcome(self, uow, attempt: Attempt, health, now, notifications) -> list[CaseEvent]:
+    def _apply_outcome(self, uow, attempt: Attempt, health, now, deliveries) -> list[CaseEvent]:
         item = attempt.item
         policy = self.hub.config.policy(item.department)
         events: list[CaseEvent] = []
@@ -426,7 +463,7 @@ class Dispatcher:
             if record_success(health):
                 events.append(self._event(item, "circuit_closed", "department answered again"))
             if item.operation == "create" and attempt.ref is not None:
-                self._record_delivery(uow, item, attempt.ref, notifications)
+                deliveries.append(attempt)
         elif attempt.outcome == DEAD and item.operation == "create":
             uow.work_orders.update(item.case_id, item.department, delivery_state=DeliveryState.DEAD)
         elif attempt.outcome == PAUSED:
@@ -456,31 +493,31 @@ class Dispatcher:
             events.append(self._event(item, "dead_lettered", attempt.message, EventLevel.ALERT))
         return events
 
-    def _record_delivery(self, uow: UnitOfWork, item: OutboxItem, ref: ExternalRef, notes) -> None:
-        uow.work_orders.update(
-            item.case_id,
-            item.department,
-            external_id=ref.external_id,
-            raw_status=ref.raw_status,
-            delivery_state=DeliveryState.DELIVERED,
+    def _record_deliveries(
+        self, uow: UnitOfWork, deliveries: list[Attempt], now: datetime
+    ) -> list[tuple[Case, CaseStatus, CaseStatus]]:
+        """Delivered creates: the work orders get their external ids and the cases step
+        from routed to in_queue, for the whole turn in a few statements."""
+        uow.work_orders.mark_delivered_many(
+            [
+                {
+                    "case_id": a.item.case_id,
+                    "department": a.item.department,
+                    "external_id": a.ref.external_id,
+                    "raw_status": a.ref.raw_status,
+                }
+                for a in deliveries
+                if a.ref is not None
+            ],
+            at=now,
         )
-        case = uow.cases.get(item.case_id)
-        if case is None:
-            return
-        try:
-            change = change_status(
-                uow,
-                case,
-                CaseStatus.IN_QUEUE,
-                source="hub",
-                actor=self.worker_id,
-                department=item.department,
-                raw_code=ref.raw_status,
-            )
-        except StaleCase:  # status sync moved it meanwhile; its status wins
-            return
-        if change.outcome is TransitionOutcome.APPLIED:
-            notes.append((case, change.old, change.new))
+        steps = [
+            (a.case, a.item.department, a.ref.raw_status if a.ref else None)
+            for a in deliveries
+            if a.case is not None
+        ]
+        changes = advance_many(uow, steps, CaseStatus.IN_QUEUE, source="hub", actor=self.worker_id)
+        return [(c.case, c.old, c.new) for c in changes]
 
     def _attempt_event(self, attempt: Attempt, now: datetime) -> CaseEvent:
         item = attempt.item

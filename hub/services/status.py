@@ -20,6 +20,7 @@ from hub.model import (
     StatusEvent,
     TransitionOutcome,
     check_transition,
+    utcnow,
 )
 from hub.store.uow import UnitOfWork
 
@@ -80,34 +81,84 @@ def change_status(
     if description:
         case.status_notes = description
     uow.cases.save(case, expected_version=version)
-    change.update_id = uow.status_updates.add(
-        case_id=case.hub_id,
-        at=case.updated_datetime,
-        old_status=old.value,
-        status=new.value,
-        department=department,
-        raw_code=raw_code,
-        description=description,
-        media_url=media_url,
-        closure_code=closure.code if closure else None,
-        source=source,
-    )
-    uow.timeline.append(
-        CaseEvent(
-            case_id=case.hub_id,
-            kind="status_changed",
-            actor=actor,
-            source=source,
-            department=department,
-            at=case.updated_datetime,
-            message=f"{old.value} → {new.value}" + (f" ({raw_code})" if raw_code else ""),
-            detail={
-                "from": old.value,
-                "to": new.value,
-                "raw_code": raw_code,
-                "closure": closure.model_dump() if closure else None,
-                "media_url": media_url,
-            },
-        )
-    )
+    details = _Details(source, actor, department, raw_code, description, media_url, closure)
+    change.update_id = uow.status_updates.add(**_update_row(case, old, new, details))
+    uow.timeline.append(_status_event(case, old, new, details))
     return change
+
+
+def advance_many(
+    uow: UnitOfWork,
+    cases: list[tuple[Case, str | None, str | None]],
+    new: CaseStatus,
+    *,
+    source: str,
+    actor: str = "hub",
+) -> list[StatusChange]:
+    """The bulk form of change_status for a plain step forward (no closure or notes):
+    `cases` holds (case, department, raw code). One statement moves every case still at the
+    version it was read at; the others moved on meanwhile and keep their newer status."""
+    movable = [c for c in cases if check_transition(c[0].status, new) is TransitionOutcome.APPLIED]
+    moved = uow.cases.advance_status_many(
+        {case.hub_id: case.version for case, _, _ in movable},
+        status=new.value,
+        at=(now := utcnow()),
+    )
+    changes, rows, events = [], [], []
+    for case, department, raw_code in movable:
+        if case.hub_id not in moved:
+            continue
+        old = case.status
+        case.transition(new, at=now)
+        details = _Details(source, actor, department, raw_code, None, None, None)
+        rows.append(_update_row(case, old, new, details))
+        events.append(_status_event(case, old, new, details))
+        changes.append(StatusChange(case, old, new, TransitionOutcome.APPLIED))
+    uow.status_updates.add_many(rows)
+    uow.timeline.append(*events)
+    return changes
+
+
+@dataclass(frozen=True)
+class _Details:
+    source: str
+    actor: str
+    department: str | None
+    raw_code: str | None
+    description: str | None
+    media_url: str | None
+    closure: Closure | None
+
+
+def _update_row(case: Case, old: CaseStatus, new: CaseStatus, d: _Details) -> dict:
+    return {
+        "case_id": case.hub_id,
+        "at": case.updated_datetime,
+        "old_status": old.value,
+        "status": new.value,
+        "department": d.department,
+        "raw_code": d.raw_code,
+        "description": d.description,
+        "media_url": d.media_url,
+        "closure_code": d.closure.code if d.closure else None,
+        "source": d.source,
+    }
+
+
+def _status_event(case: Case, old: CaseStatus, new: CaseStatus, d: _Details) -> CaseEvent:
+    return CaseEvent(
+        case_id=case.hub_id,
+        kind="status_changed",
+        actor=d.actor,
+        source=d.source,
+        department=d.department,
+        at=case.updated_datetime,
+        message=f"{old.value} → {new.value}" + (f" ({d.raw_code})" if d.raw_code else ""),
+        detail={
+            "from": old.value,
+            "to": new.value,
+            "raw_code": d.raw_code,
+            "closure": d.closure.model_dump() if d.closure else None,
+            "media_url": d.media_url,
+        },
+    )

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, update
 from sqlalchemy import case as sa_case
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -48,9 +48,20 @@ class CaseRepository:
         stmt = _insert(self.connection, t.cases).values(**row).on_conflict_do_nothing()
         return _inserted(self.connection, stmt, t.cases.c.hub_id)
 
+    # Status, version and update time live in columns (the truth, changed in bulk by the
+    # dispatcher); the JSON body holds the rest of the case.
+    _COLUMNS = (
+        t.cases.c.hub_id,
+        t.cases.c.body,
+        t.cases.c.requester,
+        t.cases.c.status,
+        t.cases.c.version,
+        t.cases.c.updated_at,
+    )
+
     def get(self, hub_id: str) -> Case | None:
         row = self.connection.execute(
-            select(t.cases.c.body, t.cases.c.requester).where(t.cases.c.hub_id == hub_id)
+            select(*self._COLUMNS).where(t.cases.c.hub_id == hub_id)
         ).first()
         return self._case(row) if row else None
 
@@ -58,15 +69,13 @@ class CaseRepository:
         if not hub_ids:
             return {}
         rows = self.connection.execute(
-            select(t.cases.c.hub_id, t.cases.c.body, t.cases.c.requester).where(
-                t.cases.c.hub_id.in_(list(hub_ids))
-            )
+            select(*self._COLUMNS).where(t.cases.c.hub_id.in_(list(hub_ids)))
         )
         return {row.hub_id: self._case(row) for row in rows}
 
     def get_by_source(self, source_system: str, source_id: str) -> Case | None:
         row = self.connection.execute(
-            select(t.cases.c.body, t.cases.c.requester).where(
+            select(*self._COLUMNS).where(
                 t.cases.c.source_system == source_system, t.cases.c.source_id == source_id
             )
         ).first()
@@ -74,7 +83,7 @@ class CaseRepository:
 
     def get_by_token(self, token: str) -> Case | None:
         row = self.connection.execute(
-            select(t.cases.c.body, t.cases.c.requester).where(t.cases.c.token == token)
+            select(*self._COLUMNS).where(t.cases.c.token == token)
         ).first()
         return self._case(row) if row else None
 
@@ -88,6 +97,23 @@ class CaseRepository:
         )
         if result.rowcount != 1:
             raise StaleCase(f"case {case.hub_id} changed since version {expected_version}")
+
+    def advance_status_many(
+        self, expected_versions: dict[str, int], *, status: str, at: datetime
+    ) -> set[str]:
+        """Move many cases to `status` in one statement, each only if still at its expected
+        version (optimistic concurrency, row by row); returns the hub ids that moved."""
+        if not expected_versions:
+            return set()
+        c = t.cases.c
+        expected = sa_case(expected_versions, value=c.hub_id)
+        stmt = (
+            update(t.cases)
+            .where(c.hub_id.in_(list(expected_versions)), c.version == expected)
+            .values(status=status, version=c.version + 1, updated_at=at)
+            .returning(c.hub_id)
+        )
+        return set(self.connection.execute(stmt).scalars())
 
     def count(self) -> int:
         return self.connection.execute(select(func.count()).select_from(t.cases)).scalar_one()
@@ -111,7 +137,13 @@ class CaseRepository:
 
     @staticmethod
     def _case(row) -> Case:
-        case = Case.model_validate(row.body)
+        body = {
+            **row.body,
+            "status": row.status,
+            "version": row.version,
+            "updated_datetime": row.updated_at,
+        }
+        case = Case.model_validate(body)
         if row.requester:
             case.requester = Requester.model_validate(row.requester)
         return case
@@ -182,6 +214,45 @@ class WorkOrderRepository:
             select(t.work_orders).where(t.work_orders.c.case_id == case_id)
         )
         return [WorkOrder.model_validate(dict(row._mapping)) for row in rows]
+
+    def for_cases(self, case_ids: Sequence[str]) -> dict[tuple[str, str], WorkOrder]:
+        """Work orders of many cases in one query, keyed by (case id, department)."""
+        if not case_ids:
+            return {}
+        rows = self.connection.execute(
+            select(t.work_orders).where(t.work_orders.c.case_id.in_(list(set(case_ids))))
+        )
+        orders = (WorkOrder.model_validate(dict(row._mapping)) for row in rows)
+        return {(o.case_id, o.department): o for o in orders}
+
+    def mark_delivered_many(self, deliveries: list[dict[str, Any]], *, at: datetime) -> None:
+        """Record many deliveries in one round trip; each dict has case_id, department,
+        external_id and raw_status."""
+        if not deliveries:
+            return
+        wo = t.work_orders.c
+        stmt = (
+            update(t.work_orders)
+            .where(wo.case_id == bindparam("b_case"), wo.department == bindparam("b_dept"))
+            .values(
+                external_id=bindparam("b_ext"),
+                raw_status=bindparam("b_raw"),
+                delivery_state=DeliveryState.DELIVERED.value,
+                updated_at=at,
+            )
+        )
+        self.connection.execute(
+            stmt,
+            [
+                {
+                    "b_case": d["case_id"],
+                    "b_dept": d["department"],
+                    "b_ext": d["external_id"],
+                    "b_raw": d["raw_status"],
+                }
+                for d in deliveries
+            ],
+        )
 
     def update(self, case_id: str, department: str, **values: Any) -> None:
         values["updated_at"] = values.get("updated_at") or utcnow()
@@ -348,6 +419,27 @@ class OutboxRepository:
             last_error_class=None,
             last_error_message=None,
         )
+
+    def mark_done_many(self, item_ids: Sequence[int], *, worker: str) -> set[int]:
+        """Settle many successes in one statement; returns the ids this worker still held
+        (the fence: a row whose lease moved to another worker is not touched)."""
+        if not item_ids:
+            return set()
+        now = utcnow()
+        stmt = (
+            update(t.outbox)
+            .where(t.outbox.c.id.in_(list(item_ids)), t.outbox.c.locked_by == worker)
+            .values(
+                state=OutboxState.DONE,
+                locked_until=None,
+                completed_at=now,
+                updated_at=now,
+                last_error_class=None,
+                last_error_message=None,
+            )
+            .returning(t.outbox.c.id)
+        )
+        return set(self.connection.execute(stmt).scalars())
 
     def schedule_retry(
         self,
@@ -573,6 +665,10 @@ class StatusUpdateRepository:
         values.setdefault("at", utcnow())
         stmt = t.status_updates.insert().values(**values).returning(t.status_updates.c.id)
         return self.connection.execute(stmt).scalar_one()
+
+    def add_many(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.connection.execute(t.status_updates.insert(), rows)
 
     def between(
         self, start: datetime, end: datetime, *, limit: int = 1000, after_id: int = 0
