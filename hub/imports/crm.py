@@ -8,6 +8,8 @@ Formats are detected from the content, not the file name:
   index column) and legacy schema (``target_dt``)
 * SF Open311 requests stored as a Django fixture (``[{pk, model, fields}]``)
 * a plain Open311 GeoReport v2 ``requests.json`` list (or ``{"service_requests": [...]}``)
+* an Open311 GeoReport v2 ``requests.xml`` document (``<service_requests><request>``),
+  parsed with entities and DTDs refused
 
 A bad record never raises: it comes back with ``case=None`` and the reasons in
 ``problem``. Only an unreadable or unrecognised *file* raises (``UnknownFormat``).
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from lxml import etree
 from pydantic import ValidationError
 
 from hub.mapping import MappingSet, ServiceDefinition, load_mappings
@@ -56,6 +59,7 @@ class ExportFormat(StrEnum):
     BOSTON_CSV = "boston-csv"
     SF_FIXTURE = "sf-fixture"
     OPEN311_JSON = "open311-json"
+    OPEN311_XML = "open311-xml"
 
 
 class UnknownFormat(ValueError):
@@ -144,7 +148,30 @@ def _open(path: Path) -> tuple[ExportFormat, Iterator[tuple[int, Record]]]:
         head = handle.read(256).lstrip()
     if head.startswith(("[", "{")):
         return _open_json(path)
+    if head.startswith("<"):
+        return _open_xml(path)
     return _open_csv(path)
+
+
+def _open_xml(path: Path) -> tuple[ExportFormat, Iterator[tuple[int, Record]]]:
+    # No entity expansion, no DTD, no network: a billion-laughs file is refused, not expanded.
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    try:
+        root = etree.parse(str(path), parser).getroot()
+    except etree.XMLSyntaxError as exc:
+        raise UnknownFormat(f"{path}: invalid XML: {exc}") from exc
+    if root.getroottree().docinfo.doctype:
+        raise UnknownFormat(f"{path}: XML with a DOCTYPE is refused (entity expansion)")
+    if etree.QName(root).localname != "service_requests":
+        raise UnknownFormat(f"{path}: XML root <{root.tag}> is not <service_requests>")
+    return ExportFormat.OPEN311_XML, _xml_records(root)
+
+
+def _xml_records(root: Any) -> Iterator[tuple[int, Record]]:
+    requests = [el for el in root if etree.QName(el).localname == "request"]
+    for index, element in enumerate(requests):
+        yield index, {etree.QName(child).localname: (child.text or "").strip()
+                      for child in element if isinstance(child.tag, str)}
 
 
 def _open_csv(path: Path) -> tuple[ExportFormat, Iterator[tuple[int, Record]]]:
@@ -296,6 +323,7 @@ _FORMATS: dict[ExportFormat, _Format] = {
     ExportFormat.SF_FIXTURE: _Format("sf311", LOS_ANGELES, _open311),
     # A bare Open311 list names no city; its timestamps normally carry an offset.
     ExportFormat.OPEN311_JSON: _Format("open311", UTC, _open311),
+    ExportFormat.OPEN311_XML: _Format("open311", UTC, _open311),
 }
 
 

@@ -1,0 +1,583 @@
+"""Dispatch throughput: the hub end to end against the fastest plain client loops.
+
+For every cell of (simulator latency 0 / 50 ms) x (concurrency 1 / 32 / 256), against one
+public-works simulator running in its own process on loopback, with the same
+ServiceRequest/Create form bodies for every client:
+
+- ``aiohttp``: a bare asyncio loop, one ClientSession, C worker tasks;
+- ``httpx``: the same loop with ``httpx.AsyncClient`` and its own connection pool;
+- ``httpx+aiohttp``: the same loop with the hub's client (``make_async_client``:
+  httpx API over ``HubAiohttpTransport``);
+- ``adapter``: the same loop calling the hub's public-works adapter ``create`` (mapping,
+  digest, Cityworks client, ``make_async_client``) with no store: the hub's HTTP path alone;
+- ``hub``: cases written by intake, then claimed, delivered, acknowledged and recorded by
+  the Dispatcher until the outbox is empty.
+
+The figure that counts is hub / aiohttp (target >= 0.6). Every client checks that each
+answer is an HTTP 200 envelope with Status 0; the hub run is checked for duplicates in the
+department (``/__sim__/state``) and for every case delivered.
+
+    .venv/bin/python benchmarks/dispatch.py                  # full matrix, ~3-5 minutes
+    .venv/bin/python benchmarks/dispatch.py --quick          # smoke run
+    .venv/bin/python benchmarks/dispatch.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
+
+Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from hub.adapters import OutboundWorkOrder  # noqa: E402
+from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig  # noqa: E402
+from hub.mapping import MappingSet, load_mappings  # noqa: E402
+from hub.model import Case  # noqa: E402
+from hub.services.dispatch import Dispatcher, digest  # noqa: E402
+from hub.services.intake import IntakeService  # noqa: E402
+from hub.services.runtime import Hub  # noqa: E402
+from hub.store.db import SQLITE_SYNCHRONOUS_ENV  # noqa: E402
+from hub.store.migrate import upgrade  # noqa: E402
+from hub.testing.generator import CaseGenerator  # noqa: E402
+from hub.testing.harness import PASSWORD_ENV, REPO_MAPPINGS  # noqa: E402
+from hub.testing.simulators.publicworks import DEFAULT_LOGIN, DEFAULT_PASSWORD  # noqa: E402
+from hub.transports.http import make_async_client  # noqa: E402
+
+DEPARTMENT = "publicworks"
+CREATE_PATH = "/Services/Ams/ServiceRequest/Create"
+AUTH_PATH = "/Services/General/Authentication/Authenticate"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+CLIENT_TIMEOUT = 60.0
+TARGET_RATIO = 0.6
+
+# --------------------------------------------------------------------------- simulator
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def simulator_process(log: Path) -> Iterator[str]:
+    """The public-works simulator in its own process (own event loop, own GIL); its output
+    (e.g. ClientDisconnect tracebacks when a client drops a connection) goes to `log`."""
+    port = free_port()
+    command = [sys.executable, "-m", "hub.cli", "simulate", DEPARTMENT, "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        try:
+            wait_until_answering(url, proc)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its output:\n{log.read_text()[-2000:]}") from exc
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_until_answering(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"simulator exited with {proc.returncode}")
+        try:
+            httpx.get(f"{url}/__sim__/state", timeout=1).raise_for_status()
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise RuntimeError(f"simulator at {url} did not answer within {timeout}s")
+
+
+def sim_admin(url: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    response = httpx.post(f"{url}/__sim__/{action}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def sim_state(url: str) -> dict[str, Any]:
+    response = httpx.get(f"{url}/__sim__/state", timeout=120)
+    response.raise_for_status()
+    return response.json()
+
+
+def authenticate(url: str) -> str:
+    data = json.dumps({"LoginName": DEFAULT_LOGIN, "Password": DEFAULT_PASSWORD})
+    answer = httpx.post(f"{url}{AUTH_PATH}", data={"data": data}, timeout=30).json()
+    if answer.get("Status") != 0:
+        raise RuntimeError(f"simulator refused the login: {answer.get('Message')}")
+    return answer["Value"]["Token"]
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def publicworks_cases(mappings: MappingSet, n: int, *, seed: int) -> list[Case]:
+    """Generated cases that route to public works (the department simulated)."""
+    generated = CaseGenerator(mappings, seed=seed).generate(n * 20)
+    routed = (c for c in generated if (r := mappings.route(c)) and r.department == DEPARTMENT)
+    cases = list(itertools.islice(routed, n))
+    if len(cases) != n:
+        raise RuntimeError(f"only {len(cases)} of {n} generated cases route to {DEPARTMENT}")
+    return cases
+
+
+def create_bodies(mappings: MappingSet, cases: list[Case], token: str) -> list[bytes]:
+    """The exact form bodies the adapter sends: the hub's own mapping, OtherSystemId = hub id."""
+    mapping = mappings.departments[DEPARTMENT]
+    bodies = []
+    for case in cases:
+        data = mapping.build_payload(case)
+        data["OtherSystemId"] = case.hub_id
+        if not data.get("ProblemCode") and case.work_order_type:
+            data["ProblemCode"] = case.work_order_type
+        body = json.dumps(data, separators=(",", ":"), default=str)
+        bodies.append(urlencode({"data": body, "token": token}).encode())
+    return bodies
+
+
+# --------------------------------------------------------------------------- bare loops
+
+Send = Callable[[bytes], Awaitable[None]]
+
+
+def check_envelope(status: int, answer: Any) -> None:
+    if status != 200 or not isinstance(answer, dict) or answer.get("Status") != 0:
+        raise RuntimeError(f"create failed: HTTP {status}, envelope {str(answer)[:200]}")
+
+
+@dataclass
+class LoopResult:
+    seconds: float
+    ok: int
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds
+
+
+# A transport failure is counted, not fatal: e.g. stock httpx under load reuses a pooled
+# connection the server has just closed on keep-alive timeout (httpx.ReadError).
+TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, TimeoutError)
+
+
+async def run_workers(send: Send, bodies: list[bytes], concurrency: int) -> LoopResult:
+    """C worker tasks share one iterator of bodies."""
+    queue = iter(bodies)
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        for body in queue:
+            try:
+                await send(body)
+            except TRANSPORT_ERRORS:
+                errors += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return LoopResult(time.perf_counter() - started, len(bodies) - errors, errors)
+
+
+async def aiohttp_loop(url: str, bodies: list[bytes], concurrency: int) -> LoopResult:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def send(body: bytes) -> None:
+            async with session.post(url + CREATE_PATH, data=body, headers=FORM) as response:
+                check_envelope(response.status, await response.json(content_type=None))
+
+        return await run_workers(send, bodies, concurrency)
+
+
+async def httpx_loop(
+    client: httpx.AsyncClient, bodies: list[bytes], concurrency: int
+) -> LoopResult:
+    async with client:
+
+        async def send(body: bytes) -> None:
+            response = await client.post(CREATE_PATH, content=body, headers=FORM)
+            check_envelope(response.status_code, response.json())
+
+        return await run_workers(send, bodies, concurrency)
+
+
+def stock_httpx(url: str, concurrency: int) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=CLIENT_TIMEOUT)
+
+
+def hub_httpx(url: str, concurrency: int) -> httpx.AsyncClient:
+    return make_async_client(base_url=url, timeout=CLIENT_TIMEOUT, max_connections=concurrency)
+
+
+async def bare_loop(name: str, url: str, bodies: list[bytes], concurrency: int) -> LoopResult:
+    if name == "aiohttp":
+        return await aiohttp_loop(url, bodies, concurrency)
+    client = stock_httpx if name == "httpx" else hub_httpx
+    return await httpx_loop(client(url, concurrency), bodies, concurrency)
+
+
+# --------------------------------------------------------------------------- the hub
+
+
+@dataclass
+class HubRun:
+    intake_seconds: float
+    dispatch_seconds: float
+    delivered: int
+    create_calls: int
+    duplicates: int
+    stats: dict[str, Any]
+
+
+def hub_config(url: str, concurrency: int) -> HubConfig:
+    delivery = DeliveryPolicy(max_concurrency=concurrency)
+    worker = WorkerConfig(
+        concurrency=concurrency,
+        batch_size=min(max(concurrency, 1), 256),
+        idle_poll_seconds=0.05,
+    )
+    department = DepartmentConfig(
+        adapter=DEPARTMENT,
+        settings={
+            "base_url": url,
+            "login_name": DEFAULT_LOGIN,
+            "password": {"env": PASSWORD_ENV},
+            "timeout_seconds": CLIENT_TIMEOUT,
+        },
+        delivery=delivery,
+    )
+    return HubConfig(mappings=REPO_MAPPINGS, departments={DEPARTMENT: department}, worker=worker)
+
+
+async def dispatch_all(hub: Hub) -> tuple[float, dict[str, Any]]:
+    dispatcher = Dispatcher(hub)
+    started = time.perf_counter()
+    try:
+        stats = await dispatcher.run(until_empty=True, timeout=600)
+    finally:
+        await hub.aclose()
+    return time.perf_counter() - started, stats.as_dict()
+
+
+async def adapter_loop(hub: Hub, cases: list[Case], concurrency: int) -> float:
+    """What Dispatcher._create does per case, minus the store: the HTTP path's ceiling."""
+    adapter, mapping = hub.adapter(DEPARTMENT), hub.mapping(DEPARTMENT)
+    queue = iter(cases)
+
+    async def worker() -> None:
+        for case in queue:
+            payload = mapping.build_payload(case)
+            digest(payload)
+            order = OutboundWorkOrder(
+                hub_id=case.hub_id,
+                department=DEPARTMENT,
+                work_order_type=case.work_order_type,
+                priority=case.priority.value,
+                payload=payload,
+                evidence=case.evidence,
+            )
+            await adapter.create(order)
+
+    started = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await hub.aclose()
+    return len(cases) / (time.perf_counter() - started)
+
+
+def delivered_count(hub: Hub, cases: list[Case]) -> int:
+    with hub.uow() as uow:
+        orders = (uow.work_orders.get(c.hub_id, DEPARTMENT) for c in cases)
+        return sum(1 for o in orders if o is not None and o.delivery_state.value == "delivered")
+
+
+def run_hub(hub: Hub, url: str, cases: list[Case], intake_seconds: float) -> HubRun:
+    sim_admin(url, "reset")
+    dispatch_seconds, stats = asyncio.run(dispatch_all(hub))
+    state = sim_state(url)
+    return HubRun(
+        intake_seconds=intake_seconds,
+        dispatch_seconds=dispatch_seconds,
+        delivered=delivered_count(hub, cases),
+        create_calls=sum(state["create_calls"].values()),
+        duplicates=len(state["duplicates"]),
+        stats=stats,
+    )
+
+
+# --------------------------------------------------------------------------- databases
+
+
+class Store:
+    """A fresh, migrated database per cell: a copy of a migrated SQLite file, or a new
+    PostgreSQL schema."""
+
+    def __init__(self, directory: Path, postgres: str | None) -> None:
+        self.directory = directory
+        self.postgres = postgres
+        self.template = directory / "template.db"
+        self._schemas: list[str] = []
+        if postgres is None:
+            upgrade(f"sqlite:///{self.template}")
+
+    def fresh(self, name: str) -> str:
+        if self.postgres is None:
+            path = self.directory / f"{name}.db"
+            shutil.copyfile(self.template, path)
+            return f"sqlite:///{path}"
+        return self._fresh_schema()
+
+    def _fresh_schema(self) -> str:
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.engine import make_url
+
+        schema = f"hubbench_{uuid.uuid4().hex[:12]}"
+        admin = create_engine(self.postgres)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        admin.dispose()
+        self._schemas.append(schema)
+        options = {"options": f"-csearch_path={schema}"}
+        url = make_url(self.postgres).update_query_dict(options)
+        rendered = url.render_as_string(hide_password=False)
+        upgrade(rendered)
+        return rendered
+
+    def close(self) -> None:
+        if self.postgres is None or not self._schemas:
+            return
+        from sqlalchemy import create_engine, text
+
+        admin = create_engine(self.postgres)
+        with admin.begin() as conn:
+            for schema in self._schemas:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+@dataclass
+class Cell:
+    latency_ms: int
+    concurrency: int
+    n: int
+    aiohttp_rps: float = 0.0
+    httpx_rps: float = 0.0
+    httpx_aiohttp_rps: float = 0.0
+    adapter_rps: float = 0.0
+    hub_cases_per_s: float = 0.0
+    hub_end_to_end_cases_per_s: float = 0.0
+    intake_cases_per_s: float = 0.0
+    ratio_hub_vs_aiohttp: float = 0.0
+    ratio_end_to_end_vs_aiohttp: float = 0.0
+    delivered: int = 0
+    create_calls: int = 0
+    duplicates: int = 0
+    client_errors: dict[str, int] = field(default_factory=dict)
+    hub_stats: dict[str, Any] = field(default_factory=dict)
+
+
+CLIENTS = {"aiohttp": "aiohttp_rps", "httpx": "httpx_rps", "httpx+aiohttp": "httpx_aiohttp_rps"}
+
+
+def run_cell(
+    url: str, store: Store, mappings: MappingSet, latency_ms: int, concurrency: int, n: int
+) -> Cell:
+    cell = Cell(latency_ms=latency_ms, concurrency=concurrency, n=n)
+    sim_admin(url, "faults", {"latency_ms": latency_ms})
+    hub = Hub(
+        hub_config(url, concurrency),
+        database=store.fresh(f"l{latency_ms}-c{concurrency}"),
+        mappings=mappings,
+    )
+    try:
+        cases, intake_seconds = intake(hub, mappings, n, seed=latency_ms * 1000 + concurrency)
+        bodies = create_bodies(mappings, cases, authenticate(url))
+        for name, attribute in CLIENTS.items():
+            sim_admin(url, "reset")
+            result = asyncio.run(bare_loop(name, url, bodies, concurrency))
+            setattr(cell, attribute, result.rate)
+            if result.errors:
+                cell.client_errors[name] = result.errors
+        sim_admin(url, "reset")
+        cell.adapter_rps = asyncio.run(adapter_loop(hub, cases, concurrency))
+        run = run_hub(hub, url, cases, intake_seconds)
+    finally:
+        hub.dispose()
+    fill_hub_figures(cell, run)
+    return cell
+
+
+def intake(hub: Hub, mappings: MappingSet, n: int, *, seed: int) -> tuple[list[Case], float]:
+    cases = publicworks_cases(mappings, n, seed=seed)
+    started = time.perf_counter()
+    results = IntakeService(hub).submit_many(cases, actor="benchmark")
+    elapsed = time.perf_counter() - started
+    if not all(r.created and r.route for r in results):
+        raise RuntimeError("intake did not accept and route every case")
+    return [r.case for r in results], elapsed
+
+
+def fill_hub_figures(cell: Cell, run: HubRun) -> None:
+    n = cell.n
+    cell.hub_cases_per_s = n / run.dispatch_seconds
+    cell.hub_end_to_end_cases_per_s = n / (run.intake_seconds + run.dispatch_seconds)
+    cell.intake_cases_per_s = n / run.intake_seconds
+    cell.ratio_hub_vs_aiohttp = cell.hub_cases_per_s / cell.aiohttp_rps
+    cell.ratio_end_to_end_vs_aiohttp = cell.hub_end_to_end_cases_per_s / cell.aiohttp_rps
+    cell.delivered, cell.create_calls = run.delivered, run.create_calls
+    cell.duplicates, cell.hub_stats = run.duplicates, run.stats
+
+
+# --------------------------------------------------------------------------- output
+
+COLUMNS: list[tuple[str, str, str]] = [  # title, field, format spec (no width)
+    ("lat ms", "latency_ms", "d"),
+    ("conc", "concurrency", "d"),
+    ("n", "n", "d"),
+    ("aiohttp/s", "aiohttp_rps", ".0f"),
+    ("httpx/s", "httpx_rps", ".0f"),
+    ("httpx+aio/s", "httpx_aiohttp_rps", ".0f"),
+    ("adapter/s", "adapter_rps", ".0f"),
+    ("hub/s", "hub_cases_per_s", ".0f"),
+    ("hub e2e/s", "hub_end_to_end_cases_per_s", ".0f"),
+    ("hub/aio", "ratio_hub_vs_aiohttp", ".2f"),
+    ("e2e/aio", "ratio_end_to_end_vs_aiohttp", ".2f"),
+    ("dups", "duplicates", "d"),
+    ("delivered", "delivered", "d"),
+]
+
+
+def table(cells: list[Cell]) -> str:
+    rows = [[format(asdict(c)[key], spec) for _, key, spec in COLUMNS] for c in cells]
+    titles = [title for title, _, _ in COLUMNS]
+    widths = [max(len(v) for v in column) for column in zip(titles, *rows, strict=True)]
+    lines = [" ".join(t.rjust(w) for t, w in zip(titles, widths, strict=True))]
+    lines.append("-" * len(lines[0]))
+    lines += [" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
+    for c in cells:
+        for client, count in c.client_errors.items():
+            lines.append(
+                f"! {client}: {count} transport errors at {c.latency_ms} ms / {c.concurrency}"
+            )
+    return "\n".join(lines)
+
+
+def document(cells: list[Cell], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    rounded = [
+        {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(c).items()} for c in cells
+    ]
+    ratios = [c.ratio_hub_vs_aiohttp for c in cells]
+    return {
+        "benchmark": "dispatch",
+        "store": "postgresql" if args.postgres else "sqlite",
+        "sqlite_synchronous": None if args.postgres else args.sqlite_sync,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "target_ratio": TARGET_RATIO,
+        "min_ratio_hub_vs_aiohttp": round(min(ratios), 3) if ratios else None,
+        "seconds": round(seconds, 1),
+        "cells": rounded,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=2000, help="cases per cell")
+    parser.add_argument(
+        "--cases-slow", type=int, default=100, help="cases per cell at concurrency 1 with latency"
+    )
+    parser.add_argument("--latencies", default="0,50", help="simulator latencies, ms")
+    parser.add_argument("--concurrency", default="1,32,256", help="concurrency levels")
+    parser.add_argument("--postgres", metavar="URL", help="use PostgreSQL instead of SQLite")
+    parser.add_argument(
+        "--sqlite-sync",
+        default=os.environ.get(SQLITE_SYNCHRONOUS_ENV, "FULL"),
+        choices=["FULL", "NORMAL", "OFF"],
+        help="PRAGMA synchronous for the hub's SQLite (hub default FULL)",
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny N")
+    parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cases, args.cases_slow = min(args.cases, 40), min(args.cases_slow, 8)
+    return args
+
+
+def cell_size(args: argparse.Namespace, latency_ms: int, concurrency: int) -> int:
+    return args.cases_slow if latency_ms and concurrency == 1 else args.cases
+
+
+def run_matrix(args: argparse.Namespace, directory: Path, mappings: MappingSet) -> list[Cell]:
+    latencies = [int(x) for x in args.latencies.split(",")]
+    levels = [int(x) for x in args.concurrency.split(",")]
+    cells: list[Cell] = []
+    store = Store(directory, args.postgres)
+    try:
+        with simulator_process(directory / "simulator.log") as url:
+            for latency_ms, concurrency in itertools.product(latencies, levels):
+                n = cell_size(args, latency_ms, concurrency)
+                cells.append(run_cell(url, store, mappings, latency_ms, concurrency, n))
+                print(f"# latency {latency_ms} ms, concurrency {concurrency}: done", flush=True)
+    finally:
+        store.close()
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ[SQLITE_SYNCHRONOUS_ENV] = args.sqlite_sync
+    os.environ.setdefault(PASSWORD_ENV, DEFAULT_PASSWORD)
+    mappings = load_mappings(REPO_MAPPINGS)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hub-bench-") as tmp:
+        cells = run_matrix(args, Path(tmp), mappings)
+    doc = document(cells, args, time.perf_counter() - started)
+    print(table(cells))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

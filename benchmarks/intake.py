@@ -1,0 +1,265 @@
+"""Intake throughput: concurrent Open311 form POSTs against `hub serve`, from another process.
+
+For each store (SQLite with synchronous FULL and NORMAL; PostgreSQL with ``--postgres``)
+and each concurrency, this script migrates a fresh database, creates an API key, starts
+``hub serve`` (uvicorn, one process) on a loopback port, and drives realistic
+``POST /open311/v2/requests.json`` bodies (CaseGenerator) with an aiohttp client from this
+process. Every answer must be 201; afterwards the case count in the store must equal the
+number of accepted requests (nothing lost, nothing doubled).
+
+    .venv/bin/python benchmarks/intake.py                   # SQLite FULL + NORMAL, ~1 min
+    .venv/bin/python benchmarks/intake.py --quick           # smoke run (< 30 s)
+    .venv/bin/python benchmarks/intake.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
+
+Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
+Target (issue 7): >= 1,500 requests/s with p99 < 50 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from hub.mapping import load_mappings  # noqa: E402
+from hub.services.apikeys import ApiKeyService  # noqa: E402
+from hub.store.db import SQLITE_SYNCHRONOUS_ENV, make_engine  # noqa: E402
+from hub.store.migrate import upgrade  # noqa: E402
+from hub.testing.generator import CaseGenerator  # noqa: E402
+
+PATH = "/open311/v2/requests.json"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+TARGET_RPS, TARGET_P99_MS = 1500, 50.0
+
+
+@dataclass
+class Cell:
+    store: str
+    concurrency: int
+    n: int
+    ok: int
+    errors: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    cases_in_store: int
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# --------------------------------------------------------------------------- stores
+
+
+@contextmanager
+def sqlite_store(synchronous: str) -> Iterator[tuple[str, dict[str, str]]]:
+    with tempfile.TemporaryDirectory(prefix="hub-intake-") as tmp:
+        url = f"sqlite:///{tmp}/hub.db"
+        upgrade(url)
+        yield url, {SQLITE_SYNCHRONOUS_ENV: synchronous}
+
+
+@contextmanager
+def postgres_store(base: str) -> Iterator[tuple[str, dict[str, str]]]:
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = (make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+           .render_as_string(hide_password=False))
+    try:
+        upgrade(url)
+        yield url, {}
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def count_cases(url: str) -> int:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select count(*) from cases")).scalar_one()
+    finally:
+        engine.dispose()
+
+
+def new_key(url: str) -> str:
+    engine = make_engine(url)
+    try:
+        return ApiKeyService(engine).create("bench")[1]
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- server
+
+
+@contextmanager
+def server(url: str, env: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    argv = [sys.executable, "-m", "hub.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    full_env = {**os.environ, "HUB_DATABASE_URL": url, **env}
+    full_env.pop("HUB_CONFIG", None)
+    proc = subprocess.Popen(argv, cwd=ROOT, env=full_env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        asyncio.run(wait_ready(base, proc))
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"hub serve exited: {proc.stderr.read().decode()[-2000:]}")
+            try:
+                async with session.get(base + "/ready") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError("hub serve did not become ready")
+
+
+# --------------------------------------------------------------------------- client
+
+
+def bodies(n: int, key: str, seed: int) -> list[bytes]:
+    forms = CaseGenerator(load_mappings(ROOT / "mappings"), seed=seed).generate_open311_form(n)
+    return [urlencode({**form, "api_key": key}, doseq=True).encode() for form in forms]
+
+
+async def drive(base: str, payloads: list[bytes], concurrency: int) -> tuple[list[float], int,
+                                                                             float]:
+    latencies: list[float] = []
+    errors = 0
+    queue = iter(payloads)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal errors
+            for body in queue:
+                start = time.perf_counter()
+                async with session.post(base + PATH, data=body, headers=FORM) as response:
+                    await response.read()
+                    if response.status != 201:
+                        errors += 1
+                latencies.append(time.perf_counter() - start)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return latencies, errors, elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
+
+
+def run_cell(store: str, url: str, env: dict[str, str], concurrency: int, n: int,
+             warmup: int, seed: int) -> Cell:
+    key = new_key(url)
+    payloads = bodies(n + warmup, key, seed)
+    with server(url, env) as base:
+        asyncio.run(drive(base, payloads[:warmup], min(concurrency, 8)))
+        latencies, errors, elapsed = asyncio.run(drive(base, payloads[warmup:], concurrency))
+    ok = len(latencies) - errors
+    return Cell(store, concurrency, n, ok, errors, round(elapsed, 3), round(ok / elapsed, 1),
+                round(percentile(latencies, 0.50), 2), round(percentile(latencies, 0.99), 2),
+                round(max(latencies) * 1000, 2), count_cases(url) - warmup)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000, help="POSTs per cell")
+    parser.add_argument("--concurrency", default="1,32,128", help="comma list")
+    parser.add_argument("--synchronous", default="FULL,NORMAL", help="SQLite modes, comma list")
+    parser.add_argument("--postgres", help="also run on this PostgreSQL URL")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
+    parser.add_argument("--quick", action="store_true", help="smoke run: few requests")
+    parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    n, warmup = (150, 20) if args.quick else (args.requests, 200)
+    concurrencies = [16] if args.quick else [int(c) for c in args.concurrency.split(",")]
+    modes = ["FULL"] if args.quick else [m.strip().upper() for m in args.synchronous.split(",")]
+    stores = [] if args.no_sqlite else [(f"sqlite/{m}", lambda m=m: sqlite_store(m))
+                                        for m in modes]
+    if args.postgres:
+        stores.append(("postgresql", lambda: postgres_store(args.postgres)))
+    cells = []
+    for name, make_store in stores:
+        for concurrency in concurrencies:
+            with make_store() as (url, env):
+                cells.append(run_cell(name, url, env, concurrency, n, warmup, args.seed))
+    report = {
+        "benchmark": "intake",
+        "target": {"rps": TARGET_RPS, "p99_ms": TARGET_P99_MS},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "cells": [asdict(c) for c in cells],
+    }
+    print_table(cells)
+    line = json.dumps(report)
+    if args.json_out:
+        args.json_out.write_text(line)
+    print(line)
+    return report
+
+
+def print_table(cells: list[Cell]) -> None:
+    header = f"{'store':<14}{'conc':>6}{'n':>7}{'ok':>7}{'err':>5}{'req/s':>9}" \
+             f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'stored':>8}"
+    print(header)
+    print("-" * len(header))
+    for c in cells:
+        print(f"{c.store:<14}{c.concurrency:>6}{c.n:>7}{c.ok:>7}{c.errors:>5}{c.rps:>9.0f}"
+              f"{c.p50_ms:>9.1f}{c.p99_ms:>9.1f}{c.max_ms:>9.1f}{c.cases_in_store:>8}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""The intake benchmark runs end to end (it asserts the script works, not speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "benchmarks" / "intake.py"
+
+
+def test_quick_run_prints_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "intake.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert printed == json.loads(out.read_text())
+    assert "req/s" in done.stdout  # the table came first
+    assert printed["target"] == {"rps": 1500, "p99_ms": 50.0}
+    [cell] = printed["cells"]
+    assert cell["store"] == "sqlite/FULL" and cell["errors"] == 0
+    assert cell["ok"] == cell["n"] == cell["cases_in_store"]  # nothing lost, nothing doubled
+    assert cell["rps"] > 0 and 0 < cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
