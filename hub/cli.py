@@ -28,6 +28,7 @@ dlq_app = typer.Typer(help="Dead letters: deliveries that need a human.", no_arg
 case_app = typer.Typer(help="Look at one case.", no_args_is_help=True)
 departments_app = typer.Typer(help="Department queues and health.", no_args_is_help=True)
 simulate_app = typer.Typer(help="Run a department simulator on a port.", no_args_is_help=True)
+apikey_app = typer.Typer(help="API keys for Open311 writes (stored hashed).", no_args_is_help=True)
 for sub, name in [
     (db_app, "db"),
     (adapters_app, "adapters"),
@@ -37,6 +38,7 @@ for sub, name in [
     (case_app, "case"),
     (departments_app, "departments"),
     (simulate_app, "simulate"),
+    (apikey_app, "apikey"),
 ]:
     app.add_typer(sub, name=name)
 
@@ -188,27 +190,168 @@ def worker(
     config: ConfigOption = None,
     drain: Annotated[bool, typer.Option(help="Exit when nothing is due.")] = False,
     worker_id: Annotated[str | None, typer.Option(help="Name in leases and timelines.")] = None,
+    no_scheduler: Annotated[
+        bool,
+        typer.Option("--no-scheduler", help="Do not run the periodic polls and reconcile."),
+    ] = False,
 ) -> None:
-    """Deliver the outbox: runs until stopped (SIGTERM/SIGINT finish in-flight calls)."""
-    from hub.services.dispatch import Dispatcher
+    """Deliver the outbox: runs until stopped (SIGTERM/SIGINT finish in-flight calls).
+
+    Also runs the status polls and the nightly reconcile (each run claimed in the
+    database, so any number of workers run each one once) unless --no-scheduler."""
+    import hub.services.outbound  # registers the reopen operation
+    from hub.builtins.crm_callback import bind
+    from hub.services.dispatch import Dispatcher, default_worker_id
 
     hub = _hub(config)
+    bind(hub)
     if not hub.configured_departments():
         typer.echo("no departments configured yet")
 
     async def main() -> None:
+        from hub.services.scheduler import Scheduler
+
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        dispatcher = Dispatcher(hub, worker_id=worker_id)
+        dispatcher = Dispatcher(hub, worker_id=worker_id or default_worker_id())
+        scheduler = None
+        if not no_scheduler and not drain:
+            scheduler = Scheduler(hub, worker_id=dispatcher.worker_id)
+            scheduler.start()
         try:
             stats = await dispatcher.run(stop=stop, drain=drain)
         finally:
+            if scheduler is not None:
+                scheduler.shutdown()
             await hub.aclose()
         typer.echo(json.dumps(stats.as_dict()))
 
     asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- status sync
+
+DepartmentOption = Annotated[
+    str | None, typer.Option("--department", "-d", help="Only this department.")
+]
+
+
+@app.command()
+def sync(
+    config: ConfigOption = None, department: DepartmentOption = None, as_json: JsonOption = False
+) -> None:
+    """Poll department status changes now (what the scheduler does every interval)."""
+    from hub.services.sync import NotPollable, StatusSync
+
+    hub = _hub(config)
+    service = StatusSync(hub, actor="cli")
+
+    async def main() -> dict:
+        try:
+            if department:
+                return {department: await service.poll(department)}
+            return await service.poll_all()
+        finally:
+            await hub.aclose()
+
+    try:
+        results = asyncio.run(main())
+    except NotPollable as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2) from exc
+    rows = [r.as_dict() for r in results.values()]
+    if as_json:
+        _print_json(rows)
+        return
+    columns = ("received", "applied", "no_op", "refused", "unmapped", "ignored", "orphan")
+    table = Table("department", *columns, "stale", "duplicate", "watermark")
+    for r in rows:
+        table.add_row(
+            r["department"],
+            *(str(r[c]) for c in (*columns, "stale", "duplicate")),
+            r["watermark"] or "-",
+        )
+    out.print(table)
+    if not rows:
+        out.print("no department declares status_poll")
+    if any(r["unmapped"] for r in rows):
+        err.print("unmapped department status codes: see the case timelines (status_unmapped)")
+
+
+@app.command()
+def reconcile(
+    config: ConfigOption = None,
+    department: DepartmentOption = None,
+    heal: Annotated[
+        bool, typer.Option("--heal", help="Repair what is found (default: report only).")
+    ] = False,
+    as_json: JsonOption = False,
+    last: Annotated[bool, typer.Option("--last", help="Show the last stored run.")] = False,
+) -> None:
+    """Compare hub and department work orders: missing, orphan, drift, stuck."""
+    from hub.services.reconcile import Reconciler, last_report
+
+    hub = _hub(config)
+    if last:
+        report = last_report(hub, department)
+        if report is None:
+            err.print("no reconcile run stored yet")
+            raise typer.Exit(1)
+    else:
+
+        async def main():
+            try:
+                return await Reconciler(hub).run(department, heal=heal)
+            finally:
+                await hub.aclose()
+
+        report = asyncio.run(main()).as_dict()
+    if as_json:
+        _print_json(report)
+        return
+    _print_reconcile(report)
+
+
+def _print_reconcile(report: dict) -> None:
+    mode = "heal" if report["heal"] else "dry run"
+    table = Table(
+        "department",
+        "compared",
+        "listed",
+        "missing",
+        "orphan",
+        "drift",
+        "stuck",
+        "healed",
+        title=f"reconcile run {report['run_id']} ({mode}, {report['started_at']})",
+    )
+    for name, d in report["departments"].items():
+        c = d["counts"]
+        table.add_row(
+            name,
+            str(d["compared"]),
+            str(d["listed"]),
+            *(str(c[k]) for k in ("missing", "orphan", "drift", "stuck")),
+            str(sum(d["healed"].values())),
+        )
+    out.print(table)
+    for d in report["departments"].values():
+        for f in d["findings"][:20]:
+            healed = f" → {f['healed']}" if f["healed"] else ""
+            out.print(
+                f"  {f['kind']:<8} {f['case_id'] or '-'} {f['external_id'] or '-'}: "
+                f"{f['detail']}{healed}",
+                markup=False,
+            )
+        for note in d["notes"]:
+            out.print(f"  note: {note}", markup=False)
+    out.print(
+        "clean"
+        if report["clean"]
+        else "drift found" + ("" if report["heal"] else " (run with --heal to repair)")
+    )
 
 
 # --------------------------------------------------------------------------- dlq
@@ -444,6 +587,39 @@ def simulate_publicworks(
     main(port=port, host=host, faults=faults)
 
 
+@simulate_app.command("codeenforcement")
+def simulate_codeenforcement(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8082,
+    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
+    faults: Annotated[
+        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
+    ] = "none",
+) -> None:
+    """An Accela-like code-enforcement case service over SOAP (WSDL at ?wsdl)."""
+    from hub.testing.simulators.codeenforcement import SERVICE_PATH, main
+
+    typer.echo(f"code-enforcement SOAP simulator on http://{host}:{port}{SERVICE_PATH}?wsdl")
+    main(port=port, host=host, faults=faults)
+
+
+@simulate_app.command("sanitation")
+def simulate_sanitation(
+    directory: Annotated[Path, typer.Option("--dir", help="The drop directory.")],
+    port: Annotated[int, typer.Option(help="Control port (/__sim__/) on 127.0.0.1.")] = 8083,
+    sftp_port: Annotated[
+        int | None, typer.Option(help="Also serve the drop over SFTP on this port.")
+    ] = None,
+    faults: Annotated[
+        str, typer.Option(help="Fault profile: none, flaky, or k=v,… (late_files, bad_files…)")
+    ] = "none",
+) -> None:
+    """A hauling contractor on a file drop: takes batches, writes ACK and status files."""
+    from hub.testing.simulators.sanitation import main
+
+    typer.echo(f"sanitation contractor on {directory} (control http://127.0.0.1:{port})")
+    main(directory, port=port, faults=faults, sftp_port=sftp_port)
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -475,6 +651,166 @@ def demo(
     )
     if as_json:
         typer.echo(json.dumps(summary, default=str))
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    with_worker: Annotated[
+        bool, typer.Option("--with-worker", help="Also deliver the outbox in this process.")
+    ] = False,
+    access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Run the HTTP API (Open311 at /open311/v2/, /docs, /health, /ready) with uvicorn."""
+    import uvicorn
+
+    from hub.api.app import create_app
+
+    hub = _hub(config)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(hub), host=host, port=port, access_log=access_log)
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        # uvicorn restores these after its graceful shutdown and re-raises the signal:
+        # with Python's defaults that would kill us before the worker stops cleanly.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        worker_task = None
+        if with_worker:  # same event loop: the worker's calls interleave with requests
+            from hub.services.dispatch import Dispatcher
+
+            worker_task = asyncio.create_task(Dispatcher(hub).run(stop=stop))
+        try:
+            await server.serve()  # returns on SIGINT/SIGTERM (uvicorn's handlers)
+        finally:
+            stop.set()
+            if worker_task is not None:
+                stats = await worker_task
+                err.print(f"worker stopped: {json.dumps(stats.as_dict())}", markup=False)
+            await hub.aclose()
+            hub.dispose()
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- apikey
+
+
+@apikey_app.command("create")
+def apikey_create(
+    name: Annotated[str, typer.Argument(help="Who the key is for, e.g. the CRM's name.")],
+    config: ConfigOption = None,
+) -> None:
+    """Create a key and print it once: only its SHA-256 digest is stored."""
+    from hub.services.apikeys import ApiKeyError, ApiKeyService
+
+    try:
+        _, key = ApiKeyService(_hub(config).engine).create(name)
+    except ApiKeyError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from exc
+    err.print(f"api key {name!r} created; it is shown only now:", markup=False)
+    typer.echo(key)
+
+
+@apikey_app.command("list")
+def apikey_list(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+    """Keys with their prefix, creation, last use and revocation (never the key)."""
+    from hub.services.apikeys import ApiKeyService
+
+    keys = [k.as_dict() for k in ApiKeyService(_hub(config).engine).list()]
+    if as_json:
+        _print_json(keys)
+        return
+    table = Table("name", "prefix", "scopes", "created", "last used", "revoked")
+    for k in keys:
+        table.add_row(
+            str(k["name"]), f"{k['prefix']}…", str(k["scopes"]), str(k["created_at"]),
+            str(k["last_used_at"] or "-"), str(k["revoked_at"] or "-"),
+        )
+    out.print(table)
+
+
+@apikey_app.command("revoke")
+def apikey_revoke(
+    name: Annotated[str, typer.Argument(help="Name of the key to revoke.")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke a key: writes with it are refused (403) from now on."""
+    from hub.services.apikeys import ApiKeyError, ApiKeyService
+
+    try:
+        key = ApiKeyService(_hub(config).engine).revoke(name)
+    except ApiKeyError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(1) from exc
+    typer.echo(f"revoked {key.name} ({key.prefix}…) at {key.revoked_at}")
+
+
+# --------------------------------------------------------------------------- import
+
+
+@app.command("import")
+def import_file(
+    file: Annotated[Path, typer.Argument(help="CRM export file.", exists=True, dir_okay=False)],
+    format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="nyc-csv | nyc-socrata-json | boston-csv | open311-json | open311-xml "
+            "(default: detected).",
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check only; write nothing.")] = False,
+    limit: Annotated[int | None, typer.Option(help="Read at most N records.", min=1)] = None,
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Load cases from a CRM export; re-running imports nothing twice."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from hub.services.importer import ImportProblem, ImportService
+
+    service = ImportService(_hub(config))
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, disable=as_json, transient=True) as bar:
+        task = bar.add_task(f"importing {file.name}", total=limit)
+        try:
+            summary = service.run(
+                file,
+                format=format,
+                dry_run=dry_run,
+                limit=limit,
+                progress=lambda n: bar.advance(task, n),
+            )
+        except ImportProblem as exc:
+            err.print(str(exc), markup=False)
+            raise typer.Exit(2) from exc
+    if as_json:
+        _print_json(summary.as_dict())
+        return
+    verb = "would import" if dry_run else "imported"
+    out.print(
+        f"{file.name} ({summary.format}): read {summary.read}, {verb} {summary.imported}, "
+        f"skipped {summary.duplicates} duplicates, rejected {summary.rejected}",
+        markup=False,
+    )
+    if summary.reasons:
+        table = Table("rejected because", "rows")
+        for reason, count in summary.reasons.most_common():
+            table.add_row(reason, str(count))
+        out.print(table)
+        for row in summary.rejected_rows[:5]:
+            out.print(f"  line {row.line} ({row.source_id or 'no id'}): {row.reason}",
+                      markup=False)
 
 
 def main() -> None:  # pragma: no cover - console entry
