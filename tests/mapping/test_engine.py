@@ -160,11 +160,12 @@ def test_accela_payload_nests_and_maps_requester(mappings: MappingSet) -> None:
         ),
     )
     payload = mappings.departments["codeenforcement"].build_payload(c)
-    assert payload["type"] == {"value": "Enforcement/Property Maintenance/Unsafe Structure/NA"}
-    assert payload["priority"] == {"value": "Urgent"}
-    assert payload["contact"] == {"firstName": "Ana", "email": "ana@example.org"}
-    assert payload["reportedDate"] == "2026-07-01 12:00:00"
-    assert payload["customForms"] == {"HUB_CASE_ID": c.hub_id}
+    assert payload["RecordType"] == "Enforcement/Property Maintenance/Unsafe Structure/NA"
+    assert payload["Priority"] == "Urgent"
+    assert payload["Contact"] == {"FirstName": "Ana", "Email": "ana@example.org"}
+    assert payload["Address"]["StreetAddress"] == "12 Elm St"
+    assert payload["ReportedDate"] == "2026-07-01T12:00:00"
+    assert payload["ExternalReference"] == c.hub_id
 
 
 def test_sanitation_row_and_layout(mappings: MappingSet) -> None:
