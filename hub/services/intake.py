@@ -23,7 +23,7 @@ from hub.model import (
     new_hub_id,
 )
 from hub.services.runtime import Hub
-from hub.services.status import change_status
+from hub.services.status import StatusDetails, status_event, status_update_row
 from hub.store.repository import OutboxState
 from hub.store.uow import UnitOfWork
 
@@ -41,6 +41,13 @@ class IntakeResult:
     events: list[CaseEvent] = field(default_factory=list)
 
 
+@dataclass
+class _Accepted:
+    result: IntakeResult
+    token: str | None
+    status_row: dict[str, Any] | None
+
+
 def create_key(hub_id: str, department: str) -> str:
     return f"{hub_id}:{department}:{CREATE}"
 
@@ -55,13 +62,34 @@ class IntakeService:
     def submit_many(
         self, cases: list[Case], *, actor: str = "api", tokens: list[str | None] | None = None
     ) -> list[IntakeResult]:
-        """Accept a batch in one transaction (one fsync for the lot)."""
+        """Accept a batch in one transaction (one fsync for the lot), written set-wise: one
+        statement per table for the whole batch, not one per case."""
         tokens = tokens or [None] * len(cases)
-        results: list[IntakeResult] = []
+        for case in cases:
+            if case.source_system and case.source_id:
+                case.hub_id = new_hub_id(case.source_system, case.source_id)
         with self.hub.uow() as uow:
+            existing = uow.cases.get_many([c.hub_id for c in cases])
+            accepted: dict[str, _Accepted] = {}
             for case, token in zip(cases, tokens, strict=True):
-                results.append(self._accept(uow, case, actor=actor, token=token))
+                if case.hub_id not in existing and case.hub_id not in accepted:
+                    accepted[case.hub_id] = self._prepare(case, actor=actor, token=token)
+            inserted = uow.cases.add_many([(a.result.case, a.token) for a in accepted.values()])
+            fresh = [a for hub_id, a in accepted.items() if hub_id in inserted]
+            self._write(uow, fresh, actor)
+            lost_race = [h for h in accepted if h not in inserted]
+            existing |= uow.cases.get_many(lost_race)  # a concurrent intake won the race
             uow.commit()
+        results: list[IntakeResult] = []
+        first: set[str] = set()  # the same request twice in one batch: created once
+        for case in cases:
+            new = case.hub_id in inserted and case.hub_id not in first
+            if new:
+                first.add(case.hub_id)
+                results.append(accepted[case.hub_id].result)
+                continue
+            stored = existing.get(case.hub_id) or accepted[case.hub_id].result.case
+            results.append(IntakeResult(stored, created=False))
         for result in results:
             if result.created and result.route:
                 self._notify(result.case, CaseStatus.RECEIVED, result.case.status)
@@ -69,26 +97,17 @@ class IntakeService:
 
     # ----------------------------------------------------------------------- steps
 
-    def _accept(self, uow: UnitOfWork, case: Case, *, actor: str, token: str | None):
-        if case.source_system and case.source_id:
-            case.hub_id = new_hub_id(case.source_system, case.source_id)
-            existing = uow.cases.get(case.hub_id)
-            if existing is not None:
-                return IntakeResult(existing, created=False)
-        received = self._event(case, "received", actor, f"case received for {case.service_code}")
-        events = [received, *self._enrich(case)]
+    def _prepare(self, case: Case, *, actor: str, token: str | None) -> _Accepted:
+        """Enrich, route and gate one case in memory; nothing is written yet."""
+        events = [
+            self._event(case, "received", actor, f"case received for {case.service_code}"),
+            *self._enrich(case),
+        ]
         route = self._route(case)
         held: DispatchDecision | None = None
         if route is None:
-            events.append(
-                self._event(
-                    case,
-                    "unroutable",
-                    actor,
-                    "no route for this service code",
-                    level=EventLevel.WARNING,
-                )
-            )
+            message = "no route for this service code"
+            events.append(self._event(case, "unroutable", actor, message, level=EventLevel.WARNING))
         else:
             self._apply_route(case, route)
             events.append(
@@ -102,20 +121,53 @@ class IntakeService:
                 )
             )
             held = self._before_dispatch(case, route.department)
-        if not uow.cases.add(case, token=token):  # a concurrent intake won the race
-            return IntakeResult(uow.cases.get(case.hub_id) or case, created=False)
-        uow.timeline.append(*events)
-        if route is not None:
-            change_status(
-                uow,
-                case,
-                CaseStatus.ROUTED,
-                source="hub",
-                actor=actor,
-                department=route.department,
-            )
-            self._enqueue(uow, case, route, held, actor)
-        return IntakeResult(case, created=True, route=route, held=held, events=events)
+            if held:
+                events.append(
+                    self._event(
+                        case,
+                        held.state,
+                        actor,
+                        held.reason,
+                        department=route.department,
+                        detail=held.detail,
+                    )
+                )
+            # Routed before the insert: the row is written once, already routed.
+            details = StatusDetails(source="hub", actor=actor, department=route.department)
+            old = case.status
+            case.transition(CaseStatus.ROUTED)
+            events.append(status_event(case, old, case.status, details))
+            status_row = status_update_row(case, old, case.status, details)
+        result = IntakeResult(case, created=True, route=route, held=held, events=events)
+        return _Accepted(result, token, status_row if route else None)
+
+    def _write(self, uow: UnitOfWork, fresh: list[_Accepted], actor: str) -> None:
+        routed = [a for a in fresh if a.result.route is not None]
+        uow.timeline.append(*(e for a in fresh for e in a.result.events))
+        uow.status_updates.add_many([a.status_row for a in routed if a.status_row])
+        uow.work_orders.add_many(
+            [
+                WorkOrder(
+                    case_id=a.result.case.hub_id,
+                    department=a.result.route.department,
+                    work_order_type=a.result.route.work_order_type,
+                    delivery_state=DeliveryState.HELD if a.result.held else DeliveryState.PENDING,
+                )
+                for a in routed
+            ]
+        )
+        uow.outbox.enqueue_many(
+            [
+                {
+                    "case_id": a.result.case.hub_id,
+                    "department": a.result.route.department,
+                    "operation": CREATE,
+                    "idempotency_key": create_key(a.result.case.hub_id, a.result.route.department),
+                    "state": OutboxState.HELD if a.result.held else OutboxState.PENDING,
+                }
+                for a in routed
+            ]
+        )
 
     def _enrich(self, case: Case) -> list[CaseEvent]:
         context: dict[str, Any] = {"flags": []}
@@ -153,35 +205,6 @@ class IntakeService:
     def _before_dispatch(self, case: Case, department: str) -> DispatchDecision | None:
         decisions = self.hub.pm.hook.hub_before_dispatch(case=case, department=department)
         return next((d for d in decisions if d is not None and d.hold), None)
-
-    def _enqueue(self, uow, case, route, held, actor) -> None:
-        state = DeliveryState.HELD if held else DeliveryState.PENDING
-        uow.work_orders.add(
-            WorkOrder(
-                case_id=case.hub_id,
-                department=route.department,
-                work_order_type=route.work_order_type,
-                delivery_state=state,
-            )
-        )
-        uow.outbox.enqueue(
-            case_id=case.hub_id,
-            department=route.department,
-            operation=CREATE,
-            idempotency_key=create_key(case.hub_id, route.department),
-            state=OutboxState.HELD if held else OutboxState.PENDING,
-        )
-        if held:
-            uow.timeline.append(
-                self._event(
-                    case,
-                    held.state,
-                    actor,
-                    held.reason,
-                    department=route.department,
-                    detail=held.detail,
-                )
-            )
 
     def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
         try:

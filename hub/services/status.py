@@ -81,9 +81,9 @@ def change_status(
     if description:
         case.status_notes = description
     uow.cases.save(case, expected_version=version)
-    details = _Details(source, actor, department, raw_code, description, media_url, closure)
-    change.update_id = uow.status_updates.add(**_update_row(case, old, new, details))
-    uow.timeline.append(_status_event(case, old, new, details))
+    details = StatusDetails(source, actor, department, raw_code, description, media_url, closure)
+    change.update_id = uow.status_updates.add(**status_update_row(case, old, new, details))
+    uow.timeline.append(status_event(case, old, new, details))
     return change
 
 
@@ -110,9 +110,9 @@ def advance_many(
             continue
         old = case.status
         case.transition(new, at=now)
-        details = _Details(source, actor, department, raw_code, None, None, None)
-        rows.append(_update_row(case, old, new, details))
-        events.append(_status_event(case, old, new, details))
+        details = StatusDetails(source, actor, department, raw_code, None, None, None)
+        rows.append(status_update_row(case, old, new, details))
+        events.append(status_event(case, old, new, details))
         changes.append(StatusChange(case, old, new, TransitionOutcome.APPLIED))
     uow.status_updates.add_many(rows)
     uow.timeline.append(*events)
@@ -120,17 +120,19 @@ def advance_many(
 
 
 @dataclass(frozen=True)
-class _Details:
+class StatusDetails:
+    """Who moved a case and with what: the parts of a status change beyond old and new."""
+
     source: str
-    actor: str
-    department: str | None
-    raw_code: str | None
-    description: str | None
-    media_url: str | None
-    closure: Closure | None
+    actor: str = "hub"
+    department: str | None = None
+    raw_code: str | None = None
+    description: str | None = None
+    media_url: str | None = None
+    closure: Closure | None = None
 
 
-def _update_row(case: Case, old: CaseStatus, new: CaseStatus, d: _Details) -> dict:
+def status_update_row(case: Case, old: CaseStatus, new: CaseStatus, d: StatusDetails) -> dict:
     return {
         "case_id": case.hub_id,
         "at": case.updated_datetime,
@@ -145,7 +147,7 @@ def _update_row(case: Case, old: CaseStatus, new: CaseStatus, d: _Details) -> di
     }
 
 
-def _status_event(case: Case, old: CaseStatus, new: CaseStatus, d: _Details) -> CaseEvent:
+def status_event(case: Case, old: CaseStatus, new: CaseStatus, d: StatusDetails) -> CaseEvent:
     return CaseEvent(
         case_id=case.hub_id,
         kind="status_changed",

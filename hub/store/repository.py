@@ -24,6 +24,21 @@ def _insert(connection: Connection, table):
     return dialect.insert(table)
 
 
+def _chunks(rows: list, size: int = 300):
+    # SQLite caps bound parameters per statement; 300 rows x ~15 columns stays well under.
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _insert_many(connection: Connection, table, rows: list[dict[str, Any]], key_column) -> set:
+    """Multi-row INSERT … ON CONFLICT DO NOTHING; returns the keys that went in."""
+    inserted: set = set()
+    for chunk in _chunks(rows):
+        stmt = _insert(connection, table).values(chunk).on_conflict_do_nothing()
+        inserted.update(connection.execute(stmt.returning(key_column)).scalars())
+    return inserted
+
+
 def _inserted(connection: Connection, stmt, key_column) -> bool:
     """Run an INSERT … ON CONFLICT DO NOTHING; True if a row went in.
 
@@ -58,6 +73,11 @@ class CaseRepository:
         t.cases.c.version,
         t.cases.c.updated_at,
     )
+
+    def add_many(self, cases: list[tuple[Case, str | None]]) -> set[str]:
+        """Insert many cases in one statement; returns the hub ids that were new."""
+        rows = [self._row(case) | {"token": token} for case, token in cases]
+        return _insert_many(self.connection, t.cases, rows, t.cases.c.hub_id)
 
     def get(self, hub_id: str) -> Case | None:
         row = self.connection.execute(
@@ -191,6 +211,10 @@ class WorkOrderRepository:
             .on_conflict_do_nothing()
         )
         return _inserted(self.connection, stmt, t.work_orders.c.id)
+
+    def add_many(self, orders: list[WorkOrder]) -> None:
+        rows = [order.model_dump(mode="python") for order in orders]
+        _insert_many(self.connection, t.work_orders, rows, t.work_orders.c.id)
 
     def get(self, case_id: str, department: str) -> WorkOrder | None:
         row = self.connection.execute(
@@ -349,6 +373,23 @@ class OutboxRepository:
             .on_conflict_do_nothing()
         )
         return _inserted(self.connection, stmt, t.outbox.c.id)
+
+    def enqueue_many(self, deliveries: list[dict[str, Any]]) -> None:
+        """Many deliveries in one statement (keys as in enqueue); existing keys are kept."""
+        now = utcnow()
+        rows = [
+            {
+                "payload": {},
+                "state": OutboxState.PENDING,
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+                **delivery,
+            }
+            for delivery in deliveries
+        ]
+        _insert_many(self.connection, t.outbox, rows, t.outbox.c.id)
 
     def claim(
         self,
