@@ -125,6 +125,36 @@ class AdapterHarness:
         """An order the department refuses on validation (its 4xx): must raise Permanent."""
         return None
 
+    #: contract tests that cannot apply to this transport → the reason (shown as the skip)
+    not_applicable: dict[str, str] = {}
+
+    # -- file exchange (only for adapters declaring Capability.FILE_EXCHANGE) -------------
+
+    def outbound_files(self, kit: ConformanceKit) -> dict[str, bytes]:
+        """Batch files visible under their final names (the contractor's view)."""
+        raise NotImplementedError(f"{type(self).__name__}.outbound_files()")
+
+    def batch_is_complete(self, kit: ConformanceKit, name: str, data: bytes) -> bool:
+        """Whether `data` is the whole batch `name` (e.g. its checksum matches)."""
+        raise NotImplementedError(f"{type(self).__name__}.batch_is_complete()")
+
+    async def crash_mid_batch(self, kit: ConformanceKit, orders: list[OutboundWorkOrder]) -> None:
+        """Send `orders` with an adapter that dies after the batch file is in place but
+        before the adapter recorded it as sent (the worst moment for a kill -9)."""
+        raise NotImplementedError(f"{type(self).__name__}.crash_mid_batch()")
+
+    def drop_inbound(self, kit: ConformanceKit, name: str, data: bytes) -> None:
+        """Put a file where the department's ack/status files arrive."""
+        raise NotImplementedError(f"{type(self).__name__}.drop_inbound()")
+
+    def inbound_file(self, kit: ConformanceKit, hub_id: str) -> tuple[str, bytes]:
+        """A well-formed status file (name, bytes) closing `hub_id`."""
+        raise NotImplementedError(f"{type(self).__name__}.inbound_file()")
+
+    def quarantined(self, kit: ConformanceKit) -> dict[str, str]:
+        """Quarantined inbound files: quarantine name → the recorded reason."""
+        raise NotImplementedError(f"{type(self).__name__}.quarantined()")
+
     def count_records(self, state: dict[str, Any], hub_id: str) -> int:
         """Work orders the department holds for `hub_id`, from ``GET /__sim__/state``.
 
@@ -726,6 +756,81 @@ class AdapterConformance:
             )
 
 
+    # -- file exchange ---------------------------------------------------------------
+
+    @requires(Capability.CREATE, Capability.FILE_EXCHANGE)
+    @synced
+    async def test_file_exchange_write_is_atomic(self, kit: ConformanceKit) -> None:
+        """No reader ever sees a partial batch under its final name."""
+        seen: dict[str, bool] = {}
+        stop = asyncio.Event()
+
+        async def watch() -> None:
+            while not stop.is_set():
+                files = await asyncio.to_thread(kit.harness.outbound_files, kit)
+                for name, data in files.items():
+                    seen[name] = seen.get(name, True) and kit.harness.batch_is_complete(
+                        kit, name, data
+                    )
+                await asyncio.sleep(0)
+
+        watcher = asyncio.create_task(watch())
+        async with kit.adapter() as adapter:
+            for round_ in range(3):
+                orders = [kit.order(f"atomic-{round_}-{n}") for n in range(20)]
+                await asyncio.gather(*(adapter.create(o) for o in orders))
+        stop.set()
+        await watcher
+        seen.update({n: kit.harness.batch_is_complete(kit, n, d)
+                     for n, d in kit.harness.outbound_files(kit).items()})  # fmt: skip
+        assert seen, "no batch file became visible"
+        partial = sorted(n for n, complete in seen.items() if not complete)
+        assert not partial, f"partial batch files visible under their final names: {partial}"
+
+    @requires(Capability.CREATE, Capability.FIND_BY_REFERENCE, Capability.FILE_EXCHANGE)
+    @synced
+    async def test_file_exchange_rerun_after_crash_sends_nothing_twice(
+        self, kit: ConformanceKit
+    ) -> None:
+        orders = [kit.order(f"crash-{n}") for n in range(5)]
+        await kit.harness.crash_mid_batch(kit, orders)
+        for _ in range(2):  # a re-run after the crash, then another one
+            async with kit.adapter() as adapter:
+                for order in orders:
+                    if await adapter.find_by_reference(order.hub_id) is None:
+                        await adapter.create(order)
+        counts = {o.hub_id: kit.records(o.hub_id) for o in orders}
+        assert set(counts.values()) == {1}, f"work orders per case after re-runs: {counts}"
+
+    @requires(Capability.STATUS_POLL, Capability.FILE_EXCHANGE)
+    @synced
+    async def test_file_exchange_quarantines_bad_inbound_files(self, kit: ConformanceKit) -> None:
+        hub_id = new_hub_id(SOURCE_SYSTEM, "inbound")
+        name, good = kit.harness.inbound_file(kit, hub_id)
+        stem = name.rpartition(".")[0]
+        bad = {
+            f"{stem}_html.csv": b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>",
+            f"{stem}_cut.csv": good[: len(good) * 2 // 3].rstrip(b"\r\n"),
+            f"{stem}_again.csv": good,
+        }
+        since = datetime.now(UTC) - timedelta(seconds=5)
+        kit.harness.drop_inbound(kit, name, good)
+        async with kit.adapter() as adapter:
+            first = await adapter.poll_changes(since)
+            for bad_name, data in bad.items():
+                kit.harness.drop_inbound(kit, bad_name, data)
+            second = await adapter.poll_changes(since)
+        assert any(e.hub_reference == hub_id for e in first.events), first.events
+        assert {e.external_event_id for e in second.events} == {
+            e.external_event_id for e in first.events
+        }, "bad files must add no event"
+        reasons = kit.harness.quarantined(kit)
+        for bad_name in bad:
+            hits = [r for q, r in reasons.items() if bad_name in q]
+            assert hits and all(hits), f"{bad_name} not quarantined with a reason: {reasons}"
+        assert not [q for q in reasons if q.endswith(name)], "the good file was quarantined"
+
+
 # --------------------------------------------------------------------------- the factory
 
 
@@ -751,6 +856,8 @@ def conformance_suite(
         if attr.startswith("test_") and missing:
             declared = ", ".join(sorted(c.value for c in missing))
             namespace[attr] = _skipped(test, f"{adapter_cls.__name__} does not declare {declared}")
+    for attr, reason in instance.not_applicable.items():
+        namespace[attr] = _skipped(getattr(AdapterConformance, attr), f"not applicable: {reason}")
     class_name = name or f"Test{adapter_cls.__name__}Conformance"
     return type(class_name, (AdapterConformance,), namespace)
 

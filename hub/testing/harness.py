@@ -18,11 +18,14 @@ import httpx
 from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig
 from hub.services.runtime import Hub
 from hub.store.migrate import upgrade
+from hub.testing.simulators import codeenforcement as ce_sim
 from hub.testing.simulators.base import BaseSimulator, FaultProfile, SimulatorServer
 from hub.testing.simulators.publicworks import DEFAULT_LOGIN, DEFAULT_PASSWORD, PublicWorksSimulator
+from hub.testing.simulators.sanitation import SanitationSimulator
 
 REPO_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 PASSWORD_ENV = "HUB_SIM_PUBLICWORKS_PASSWORD"
+CE_PASSWORD_ENV = "HUB_SIM_CODEENFORCEMENT_PASSWORD"
 
 # Fast retry settings so a test or demo run finishes in seconds, not the production minutes.
 FAST_DELIVERY = DeliveryPolicy(
@@ -65,6 +68,29 @@ class SimulatedCity:
                 delivery=self.delivery,
             )
         }
+        if "codeenforcement" in self.servers:
+            departments["codeenforcement"] = DepartmentConfig(
+                adapter="codeenforcement",
+                settings={
+                    "base_url": self.url("codeenforcement"),
+                    "username": ce_sim.DEFAULT_USERNAME,
+                    "password": {"env": CE_PASSWORD_ENV},
+                    "timeout_seconds": self.timeout_seconds,
+                },
+                delivery=self.delivery,
+            )
+        if "sanitation" in self.servers:
+            departments["sanitation"] = DepartmentConfig(
+                adapter="sanitation",
+                settings={
+                    "path": str(self.simulator("sanitation").root),  # type: ignore[attr-defined]
+                    "mappings_dir": str(REPO_MAPPINGS),
+                    "batch_max_wait_seconds": 0.1,
+                    "pending_grace_seconds": 5.0,
+                    "timeout_seconds": self.timeout_seconds,
+                },
+                delivery=self.delivery,
+            )
         return HubConfig(mappings=REPO_MAPPINGS, departments=departments, worker=self.worker)
 
     def config_dict(self) -> dict[str, Any]:
@@ -101,12 +127,24 @@ def simulated_city(
     if hang_seconds is not None:
         profile = profile.model_copy(update={"hang_seconds": hang_seconds})
     os.environ.setdefault(PASSWORD_ENV, DEFAULT_PASSWORD)
+    os.environ.setdefault(CE_PASSWORD_ENV, ce_sim.DEFAULT_PASSWORD)
     with ExitStack() as stack:
         server = stack.enter_context(SimulatorServer(PublicWorksSimulator(faults=profile)))
+        soap = stack.enter_context(SimulatorServer(ce_sim.CodeEnforcementSimulator(faults=profile)))
+        # The contractor (local-dir drop) takes file faults from the preset name too.
+        file_faults = faults if isinstance(faults, str) else profile
+        contractor = SanitationSimulator(directory / "sanitation-drop", faults=file_faults)
+        if hang_seconds is not None:
+            contractor.set_faults(
+                contractor.profile.model_copy(update={"hang_seconds": hang_seconds})
+            )
+        contractor.start_background()
+        stack.callback(contractor.stop)
+        files = stack.enter_context(SimulatorServer(contractor))
         yield SimulatedCity(
             directory=directory,
             database_url=url,
-            servers={"publicworks": server},
+            servers={"publicworks": server, "codeenforcement": soap, "sanitation": files},
             timeout_seconds=timeout_seconds,
             delivery=delivery or FAST_DELIVERY,
             worker=worker or WorkerConfig(idle_poll_seconds=0.05),

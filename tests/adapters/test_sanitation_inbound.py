@@ -1,0 +1,110 @@
+"""Inbound ack/status files: real-world quirks parsed, bad files quarantined with a reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from adapters.sanitation import SanitationAdapter
+from adapters.sanitation.parse import BadFile
+from hub.testing.harness import REPO_MAPPINGS
+
+VENDOR = Path("/work/shared/realworld/vendor")
+HTML = b"<!DOCTYPE html><html><head><title>Runtime Error</title></head><body>500</body></html>"
+QUIRKY = (
+    # A banner line, columns renamed/reordered, mixed quoting, zero-padded ids, day-first.
+    b"Metro Hauling completions export,03/02/2026\r\n"
+    b'"Completed At",status,"Case Ref",Contractor_Ref,PhotoUrl,ReasonCode,Notes,Crew\r\n'
+    b'"03/02/2026 09:15",COLLECTED,h-1,"00560250",https://p.example/1.jpg,,"Bins, both",7\r\n'
+    b'04/02/2026 17:40:05,"NOT_OUT","h-2",00560251,,NO-SETOUT,Not at kerb,7\r\n'
+)
+
+
+@pytest.fixture
+def adapter(tmp_path: Path) -> SanitationAdapter:
+    return SanitationAdapter.from_settings(
+        {"path": str(tmp_path), "mappings_dir": str(REPO_MAPPINGS)}
+    )
+
+
+def test_quirky_file_is_read_by_header_name(adapter: SanitationAdapter) -> None:
+    first, second = adapter.events_of(QUIRKY)
+    assert (first.hub_reference, first.raw_code, first.closure_text) == ("h-1", "COLLECTED",
+                                                                          "Bins, both")  # fmt: skip
+    assert first.raw_text == "COLLECTED (contractor ref 00560250)"  # zero padding kept
+    # 3 Feb (day-first), 09:15 New York (EST) = 14:15 UTC
+    assert first.occurred_at == datetime(2026, 2, 3, 14, 15, tzinfo=UTC)
+    assert first.evidence[0].url == "https://p.example/1.jpg"
+    assert second.occurred_at == datetime(2026, 2, 4, 22, 40, 5, tzinfo=UTC)
+    assert (second.closure_code, second.raw_code) == ("NO-SETOUT", "NOT_OUT")
+
+
+def test_overlapping_windows_give_the_same_event_ids(adapter: SanitationAdapter) -> None:
+    reordered = QUIRKY.replace(b"Metro Hauling completions export,03/02/2026\r\n", b"")
+    ids = {e.external_event_id for e in adapter.events_of(QUIRKY)}
+    assert ids == {e.external_event_id for e in adapter.events_of(reordered)}
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (HTML, "HTML page"),
+        (QUIRKY[:-30], "truncated"),
+        (b"", "empty"),
+        (b"CaseRef,Status\r\nh-1\r\n", "fields"),
+        (b"Report failed\r\nplease contact support\r\n", "no header row"),
+        (QUIRKY.replace(b"04/02/2026 17:40:05", b"31/02/2026 17:40"), "date"),
+        (b'CaseRef,Status,CompletedAt\r\n"h-1,COLLECTED,01/01/2026 10:00\r\n', "malformed"),
+    ],
+)
+def test_bad_files_are_refused_whole(adapter: SanitationAdapter, data: bytes, reason: str) -> None:
+    with pytest.raises(BadFile, match=reason):
+        adapter.events_of(data)
+
+
+@pytest.mark.parametrize(
+    "path", ["aurora/central_beds_update_file.json", "symology/brent_GetRequestResult.xml"]
+)
+def test_real_vendor_payloads_where_a_csv_was_expected(adapter, path: str) -> None:
+    # Real file-drop/vendor bodies (Aurora JSON event, Symology XML) are not CSV: refused.
+    data = (VENDOR / path).read_bytes()
+    with pytest.raises(BadFile):
+        adapter.events_of(data if data.endswith(b"\n") else data + b"\n")
+
+
+async def test_triage_archives_good_and_quarantines_bad(adapter, tmp_path: Path) -> None:
+    inbound = tmp_path / "inbound"
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await adapter.poll_changes(since)  # creates the folders
+    (inbound / "COMPLETIONS_1.csv").write_bytes(QUIRKY)
+    (inbound / "COMPLETIONS_2.csv").write_bytes(HTML)
+    (inbound / "COMPLETIONS_3.csv").write_bytes(QUIRKY[:-30])
+    (inbound / "notes.txt").write_bytes(b"hello\n")
+    (inbound / ".COMPLETIONS_4.csv.part").write_bytes(b"uploading")
+    page = await adapter.poll_changes(since)
+    (inbound / "COMPLETIONS_1_resend.csv").write_bytes(QUIRKY)
+    again = await adapter.poll_changes(since)
+    assert len(page.events) == 2 and {e.external_event_id for e in again.events} == {
+        e.external_event_id for e in page.events
+    }
+    reasons = {n.file: n.reason for n in page.quarantined + again.quarantined}
+    assert reasons["COMPLETIONS_2.csv"].startswith("an HTML page")
+    assert reasons["COMPLETIONS_3.csv"].startswith("truncated")
+    assert reasons["notes.txt"] == "not an ACK or status file"
+    assert reasons["COMPLETIONS_1_resend.csv"].startswith("duplicate of ")
+    assert sorted(p.name for p in inbound.iterdir()) == [".COMPLETIONS_4.csv.part"]
+    quarantine = sorted(p.name for p in (tmp_path / "quarantine").iterdir())
+    assert len(quarantine) == 8 and sum(n.endswith(".reason.txt") for n in quarantine) == 4
+    assert len(list((tmp_path / "archive").iterdir())) == 1
+    later = await adapter.poll_changes(page.next_watermark + timedelta(seconds=1))
+    assert later.events == []  # the watermark moves past archived files
+
+
+async def test_an_unsafe_inbound_name_is_quarantined_under_a_safe_one(adapter, tmp_path):
+    await adapter.poll_changes(datetime.now(UTC))
+    (tmp_path / "inbound" / "COMPLETIONS $(rm -rf).csv").write_bytes(QUIRKY)
+    page = await adapter.poll_changes(datetime.now(UTC))
+    [note] = page.quarantined
+    assert note.reason == "unsafe file name" and note.file.startswith("unsafe-name-")
