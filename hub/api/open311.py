@@ -231,13 +231,13 @@ async def list_requests(
 
 
 def _get_many(hub: Hub, ids: list[str]) -> list[Case]:
-    with hub.uow() as uow:
+    with hub.read_uow() as uow:
         found = uow.cases.get_many(ids)
     return [found[i] for i in dict.fromkeys(ids) if i in found]
 
 
 def _search(hub: Hub, start, end, codes: list[str], statuses: list[str]) -> list[Case]:
-    with hub.uow() as uow:
+    with hub.read_uow() as uow:
         assert uow.connection is not None
         return search_cases(
             uow.connection,
@@ -250,12 +250,12 @@ def _search(hub: Hub, start, end, codes: list[str], statuses: list[str]) -> list
 
 
 def _get(hub: Hub, hub_id: str) -> Case | None:
-    with hub.uow() as uow:
+    with hub.read_uow() as uow:
         return uow.cases.get(hub_id)
 
 
 def _by_token(hub: Hub, token: str) -> Case | None:
-    with hub.uow() as uow:
+    with hub.read_uow() as uow:
         return uow.cases.get_by_token(token)
 
 
@@ -290,7 +290,7 @@ async def get_token(
 
 
 def _updates(hub: Hub, start: datetime, end: datetime):
-    with hub.uow() as uow:
+    with hub.read_uow() as uow:
         return uow.status_updates.between(start, end, limit=MAX_REQUESTS)
 
 

@@ -53,6 +53,17 @@ class Hub:
         return UnitOfWork(self.engine)
 
     @cached_property
+    def read_engine(self) -> Engine:
+        """For reads only: on SQLite a second engine whose transactions take no write lock."""
+        if self.engine.dialect.name != "sqlite":
+            return self.engine
+        return make_engine(self.database_url, read_only=True)
+
+    def read_uow(self) -> UnitOfWork:
+        """A unit of work for queries; committing through it is a mistake."""
+        return UnitOfWork(self.read_engine)
+
+    @cached_property
     def registry(self) -> AdapterRegistry:
         return AdapterRegistry.from_plugins(self.pm)
 
@@ -91,4 +102,6 @@ class Hub:
         self._adapters.clear()
 
     def dispose(self) -> None:
+        if "read_engine" in self.__dict__ and self.read_engine is not self.engine:
+            self.read_engine.dispose()
         self.engine.dispose()

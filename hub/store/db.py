@@ -44,7 +44,16 @@ def _sqlite_begin(conn) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str | None = None, *, pool_size: int = 10) -> Engine:
+def _sqlite_begin_read(conn) -> None:
+    # Readers only need a snapshot; WAL lets them run beside the one writer.
+    conn.exec_driver_sql("BEGIN")
+
+
+def make_engine(
+    url: str | None = None, *, pool_size: int = 10, read_only: bool = False
+) -> Engine:
+    """An engine for `url`. `read_only` engines (SQLite) take no write lock at BEGIN, so
+    API reads do not queue behind intake and delivery writes."""
     url = database_url(url)
     if is_sqlite(url):
         path = make_url(url).database
@@ -52,7 +61,7 @@ def make_engine(url: str | None = None, *, pool_size: int = 10) -> Engine:
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
+        event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
         return engine
     return create_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True
