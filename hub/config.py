@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hub.adapters import Adapter, AdapterConfig, SecretSourceError
+from hub.adapters import Adapter, AdapterConfig, SecretSourceError, resolve_secret_reference
 
 CONFIG_ENV = "HUB_CONFIG"
 DEFAULT_CONFIG_PATH = Path("hub.yaml")
+CRM_CALLBACK = "crm_callback"  # the outbox pseudo-department of the CRM callback plugin
 
 
 class DeliveryPolicy(BaseModel):
@@ -31,11 +32,13 @@ class DeliveryPolicy(BaseModel):
     unknown_outcome_delay_seconds: float = Field(default=1.0, ge=0)
     breaker_failures: int = Field(default=10, ge=1, description="failures in a row that pause")
     breaker_cooldown_seconds: float = Field(default=30.0, gt=0)
-    max_concurrency: int = Field(default=64, ge=1, description="in-flight calls per worker")
+    max_concurrency: int | None = Field(
+        default=None, ge=1, description="in-flight calls per worker (default: the worker's)"
+    )
 
 
 class DepartmentConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     adapter: str
     enabled: bool = True
@@ -44,6 +47,55 @@ class DepartmentConfig(BaseModel):
     )
     settings: dict[str, Any] = Field(default_factory=dict)
     delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+    # Status sync (docs/status-sync.md). The secret is a reference, resolved when used.
+    webhook_secret: dict[str, str] | None = Field(
+        default=None, description="HMAC key of POST /webhooks/{department}: {env:} or {file:}"
+    )
+    poll_interval_seconds: float = Field(default=60.0, gt=0, description="status poll period")
+    poll_overlap_seconds: float = Field(
+        default=120.0, ge=0, description="re-read this much before the watermark (clock skew)"
+    )
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _secret_reference(cls, value: Any) -> Any:
+        return _secret_reference(value)
+
+    def webhook_secret_value(self) -> str | None:
+        return _resolve(self.webhook_secret, "webhook_secret")
+
+
+class CrmCallbackConfig(BaseModel):
+    """Where the built-in CRM callback plugin posts status changes (signed like webhooks)."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    url: str
+    secret: dict[str, str] = Field(description="HMAC key: {env: NAME} or {file: PATH}")
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    enabled: bool = True
+    delivery: DeliveryPolicy = Field(default_factory=DeliveryPolicy)
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _secret_reference(cls, value: Any) -> Any:
+        return _secret_reference(value)
+
+    def secret_value(self) -> str:
+        return _resolve(self.secret, "crm_callback.secret") or ""
+
+
+def _secret_reference(value: Any) -> Any:
+    """Secrets are `{env: NAME}` or `{file: PATH}`; a literal in the file is refused."""
+    if value is None or (isinstance(value, dict) and {"env", "file"} & set(value)):
+        return value
+    raise SecretSourceError(
+        "secrets must come from the environment or a file (write {env: VAR} or {file: /path})"
+    )
+
+
+def _resolve(reference: dict[str, str] | None, field: str) -> str | None:
+    return None if reference is None else str(resolve_secret_reference(reference, field=field))
 
 
 class WorkerConfig(BaseModel):
@@ -61,6 +113,10 @@ class HubConfig(BaseModel):
     mappings: Path = Path("mappings")
     departments: dict[str, DepartmentConfig] = Field(default_factory=dict)
     worker: WorkerConfig = Field(default_factory=WorkerConfig)
+    crm_callback: CrmCallbackConfig | None = None
+    reconcile_at: str = Field(
+        default="02:30", pattern=r"^\d{2}:\d{2}$", description="nightly reconcile, HH:MM UTC"
+    )
     source: Path | None = Field(default=None, exclude=True)
 
     def enabled_departments(self) -> dict[str, DepartmentConfig]:
@@ -68,6 +124,8 @@ class HubConfig(BaseModel):
 
     def policy(self, department: str) -> DeliveryPolicy:
         dept = self.departments.get(department)
+        if dept is None and department == CRM_CALLBACK and self.crm_callback:
+            return self.crm_callback.delivery
         return dept.delivery if dept else DeliveryPolicy()
 
 

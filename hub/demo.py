@@ -80,6 +80,59 @@ async def _feed_and_deliver(hub, cases: Iterable[Case], total: int, progress: Pr
     return fed, dispatcher.stats
 
 
+async def _close_and_sync(hub, city, *, share: float = 0.4) -> dict[str, dict[str, int]]:
+    """Crews close some work orders; a status poll brings the closures back; a dry-run
+    reconcile counts what still differs. Per department: closed, reopened, drift."""
+    from hub.adapters import DeliveryError
+    from hub.services.reconcile import Reconciler
+    from hub.services.sync import StatusSync
+
+    sync = StatusSync(hub, actor="demo")
+    for name in city.servers:
+        simulator = city.simulator(name)
+        records = getattr(simulator, "records", {})
+        simulator.advance(max(1, int(len(records) * share)), close=True)
+    for department in sync.pollable():
+        for _ in range(5):  # the demo's department is flaky on purpose
+            try:
+                await sync.poll(department)
+                break
+            except DeliveryError:
+                await asyncio.sleep(0.2)
+    report = await Reconciler(hub).run()
+    await hub.aclose()
+    flows = await asyncio.to_thread(_status_flows, hub)
+    return {
+        name: {
+            **flows.get(name, {"closed": 0, "reopened": 0}),
+            "drift": None if r.incomplete else sum(r.counts.values()),  # None: not readable
+        }
+        for name, r in report.departments.items()
+    }
+
+
+def _status_flows(hub) -> dict[str, dict[str, int]]:
+    from sqlalchemy import func, select
+
+    from hub.store import tables as t
+
+    u = t.status_updates
+    query = (
+        select(u.c.department, u.c.status, func.count())
+        .where(u.c.source.in_(["poll", "push", "file", "reconcile"]))
+        .group_by(u.c.department, u.c.status)
+    )
+    flows: dict[str, dict[str, int]] = {}
+    with hub.uow() as uow:
+        for department, status, n in uow.connection.execute(query):
+            row = flows.setdefault(department, {"closed": 0, "reopened": 0})
+            if status in ("resolved", "closed"):
+                row["closed"] += n
+            elif status == "reopened":
+                row["reopened"] += n
+    return flows
+
+
 def _pending(hub) -> int:
     with hub.uow() as uow:
         stats = uow.outbox.stats()
@@ -116,6 +169,7 @@ def run_demo(
             if bar:
                 bar.stop()
         elapsed = time.perf_counter() - started
+        flows = asyncio.run(_close_and_sync(hub, city))
         reports = delivery_report(hub)
         for name in city.servers:
             if name in reports:
@@ -129,7 +183,10 @@ def run_demo(
         "seconds": round(elapsed, 2),
         "cases_per_second": round(fed / elapsed, 1) if elapsed else None,
         "worker": stats.as_dict(),
-        "departments": {name: r.as_dict() for name, r in sorted(reports.items())},
+        "departments": {
+            name: {**r.as_dict(), **flows.get(name, {"closed": 0, "reopened": 0, "drift": None})}
+            for name, r in sorted(reports.items())
+        },
     }
     _print_table(console, summary, configured=set(city.servers))
     return summary
@@ -161,6 +218,9 @@ def _print_table(console: Console, summary: dict[str, Any], *, configured: set[s
         "waiting",
         "p50 ms",
         "p95 ms",
+        "closed",
+        "reopened",
+        "drift",
     ):
         table.add_column(column, justify="left" if column == "department" else "right")
     for name, r in summary["departments"].items():
@@ -177,6 +237,9 @@ def _print_table(console: Console, summary: dict[str, Any], *, configured: set[s
             waiting,
             _ms(r["p50_ms"]),
             _ms(r["p95_ms"]),
+            str(r["closed"]),
+            str(r["reopened"]),
+            "-" if r["drift"] is None else str(r["drift"]),
         )
     console.print(table)
     if summary["skipped_rows"]:

@@ -22,7 +22,7 @@ DISABLED_ENV = "HUB_DISABLED_ADAPTERS"
 TRACE_ENV = "HUB_TRACE_PLUGINS"
 
 # The hub's own plugins. They use the public hookimpl marker like anyone else's.
-BUILTIN_PLUGINS: tuple[str, ...] = ("hub.builtins.routing",)
+BUILTIN_PLUGINS: tuple[str, ...] = ("hub.builtins.routing", "hub.builtins.crm_callback")
 
 
 class PluginError(RuntimeError):

@@ -276,7 +276,7 @@ class Dispatcher:
 
     def _semaphore(self, department: str) -> asyncio.Semaphore:
         if department not in self._semaphores:
-            limit = self.hub.config.policy(department).max_concurrency
+            limit = self.hub.config.policy(department).max_concurrency or self.concurrency
             self._semaphores[department] = asyncio.Semaphore(limit)
         return self._semaphores[department]
 

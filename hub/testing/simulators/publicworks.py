@@ -552,6 +552,62 @@ class PublicWorksSimulator(BaseSimulator):
             "Photos": [a["Url"] for a in record["Attachments"]] if target == "Closed" else [],
         }
 
+    # -- drift for reconciliation tests (simulator-only) ------------------------------
+
+    def lose(self, request_id: int) -> bool:
+        """The department loses a record (restored from an old backup, deleted by hand)."""
+        with self.lock:
+            return self.records.pop(_int(request_id), None) is not None
+
+    def add_record(
+        self, reference: str, *, problem_code: str = "POTHOLE", status: str = "New"
+    ) -> dict[str, Any]:
+        """A record carrying a hub reference that the hub never heard back about."""
+        with self.lock:
+            record = self._record({"ProblemCode": problem_code, "OtherSystemId": reference})
+            self.records[record["RequestId"]] = record
+            self._event(record, None, "New", record["DateTimeInit"])
+            if status != "New":
+                self._step(record, close=False, status=status)
+            return _public(record)
+
+    def seed(self, rows: Iterable[tuple[str, str]]) -> list[int]:
+        """Bulk-load (reference, status) records in-process (benchmarks): no HTTP, no
+        events, slim records. Returns the RequestIds in order."""
+        stamp = self._stamp()
+        ids = []
+        with self.lock:
+            for reference, status in rows:
+                rid, self._next_request_id = self._next_request_id, self._next_request_id + 1
+                self.records[rid] = {
+                    "RequestId": rid,
+                    "Status": status,
+                    "OtherSystemId": reference,
+                    "DateTimeInit": stamp,
+                    "DateTimeModified": stamp,
+                    "Attachments": [],
+                }
+                ids.append(rid)
+        return ids
+
+    async def _lose_route(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        return JSONResponse({"lost": self.lose(body.get("RequestId"))})
+
+    async def _add_record_route(self, request: Request) -> Response:
+        body = json.loads(await request.body() or b"{}")
+        if not body.get("OtherSystemId"):
+            return JSONResponse({"error": "OtherSystemId is required"}, status_code=422)
+        record = self.add_record(str(body["OtherSystemId"]), status=body.get("Status", "New"))
+        return JSONResponse(record)
+
+    def admin_routes(self) -> list[BaseRoute]:
+        return [
+            *super().admin_routes(),
+            Route("/__sim__/lose", self._lose_route, methods=["POST"]),
+            Route("/__sim__/records", self._add_record_route, methods=["POST"]),
+        ]
+
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             records = [

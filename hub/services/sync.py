@@ -1,0 +1,389 @@
+"""Status in: department changes become canonical case status (poll, push and file paths).
+
+Every path ends in :meth:`StatusSync.apply`, which for each event, in department sequence
+order and inside one transaction:
+
+1. inserts it into ``inbound_events`` (unique department + external event id): a second
+   copy (a replayed webhook, an overlapping poll) inserts nothing and is a no-op;
+2. finds the work order by the department's id, else by the hub reference it carries; a
+   record the hub does not link is an orphan (recorded, left for reconciliation);
+3. drops events older than the last one applied to that work order (out of order);
+4. maps the raw code through the department's total mapping: an unknown code is an
+   alert on the case timeline and an ``unmapped`` row, never a default;
+5. keeps the raw code and text on the work order and moves the case through
+   :func:`hub.services.status.change_status` (lifecycle-checked: a closed case only moves
+   again when the department's code maps to ``reopened``), with the closure reason and
+   the crew's evidence.
+
+Polling keeps a per-department watermark and re-reads an overlap before it, widened by
+the department zone's DST shift when the window crosses one (naive wall time repeats an
+hour at fall-back, so a local-time query could otherwise skip it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import func, select, update
+
+from hub.adapters import Capability, DepartmentEvent
+from hub.mapping import DepartmentMapping, UnmappedStatus
+from hub.model import (
+    Attachment,
+    Case,
+    CaseEvent,
+    CaseStatus,
+    Closure,
+    DeliveryState,
+    EventLevel,
+    StatusEvent,
+    TransitionOutcome,
+    WorkOrder,
+    utcnow,
+)
+from hub.services.runtime import Hub
+from hub.services.status import change_status
+from hub.store import tables as t
+from hub.store.repository import StaleCase, _insert
+from hub.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+POLL, PUSH, FILE, RECONCILE = "poll", "push", "file", "reconcile"
+# inbound_events.outcome values (duplicates never get a row of their own).
+APPLIED, NO_OP, REFUSED = "applied", "no_op", "refused"
+UNMAPPED, IGNORED, ORPHAN, STALE, DUPLICATE = "unmapped", "ignored", "orphan", "stale", "duplicate"
+APPLY_ATTEMPTS = 3  # a concurrent writer (webhook vs poll) makes us re-read and retry
+
+
+class NotPollable(RuntimeError):
+    """The department's adapter does not declare status_poll."""
+
+
+@dataclass
+class SyncResult:
+    department: str
+    source: str
+    received: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    since: datetime | None = None
+    watermark: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "department": self.department,
+            "source": self.source,
+            "received": self.received,
+            **{k: self.outcomes.get(k, 0) for k in (APPLIED, NO_OP, REFUSED, UNMAPPED)},
+            **{k: self.outcomes.get(k, 0) for k in (IGNORED, ORPHAN, STALE, DUPLICATE)},
+            "since": self.since.isoformat() if self.since else None,
+            "watermark": self.watermark.isoformat() if self.watermark else None,
+        }
+
+
+def sequence_of(event: StatusEvent) -> str:
+    """The event's place in department order: its own sequence, else its UTC time."""
+    return event.sequence or event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def poll_since(watermark: datetime, *, overlap: float, zone: ZoneInfo, now: datetime) -> datetime:
+    """Where the next poll starts: the overlap before the watermark, widened by the zone's
+    UTC-offset change up to now (fall-back repeats an hour of naive wall time)."""
+    since = watermark - timedelta(seconds=overlap)
+    shift = abs(
+        (now.astimezone(zone).utcoffset() or timedelta())
+        - (since.astimezone(zone).utcoffset() or timedelta())
+    )
+    return since - shift
+
+
+class StatusSync:
+    def __init__(
+        self, hub: Hub, *, clock: Callable[[], datetime] = utcnow, actor: str = "status-sync"
+    ) -> None:
+        from hub.builtins.crm_callback import bind
+
+        self.hub = hub
+        self.clock = clock
+        self.actor = actor
+        bind(hub)  # status changes here feed the CRM callback plugin
+
+    # ----------------------------------------------------------------------- polling
+
+    def pollable(self) -> list[str]:
+        return [
+            d
+            for d in self.hub.configured_departments()
+            if self.hub.adapter(d).supports(Capability.STATUS_POLL)
+        ]
+
+    async def poll_all(self) -> dict[str, SyncResult]:
+        return {d: await self.poll(d) for d in self.pollable()}
+
+    async def poll(self, department: str) -> SyncResult:
+        """Read the department's changes since the watermark and apply them."""
+        adapter = self.hub.adapter(department)
+        if not adapter.supports(Capability.STATUS_POLL):
+            raise NotPollable(f"{department} cannot be polled (no status_poll capability)")
+        now = self.clock()
+        watermark = await asyncio.to_thread(self._watermark, department, now)
+        since = poll_since(
+            watermark,
+            overlap=self._config(department).poll_overlap_seconds,
+            zone=self._zone(department),
+            now=now,
+        )
+        page = await adapter.poll_changes(since)
+        # A department clock running ahead must not push the watermark past our now.
+        reached = min(page.next_watermark or watermark, now)
+        result = await asyncio.to_thread(
+            self.apply, department, page.events, source=POLL, watermark=max(watermark, reached)
+        )
+        result.since = since
+        return result
+
+    def _watermark(self, department: str, now: datetime) -> datetime:
+        """Stored watermark; the first poll starts at the department's oldest work order."""
+        with self.hub.uow() as uow:
+            stored = uow.cursors.get(department)
+            if stored is not None:
+                return stored
+            oldest = uow.connection.execute(  # type: ignore[union-attr]
+                select(func.min(t.work_orders.c.created_at)).where(
+                    t.work_orders.c.department == department
+                )
+            ).scalar_one_or_none()
+        return oldest or now
+
+    def _config(self, department: str):
+        from hub.config import DepartmentConfig
+
+        return self.hub.config.departments.get(department) or DepartmentConfig(adapter="")
+
+    def _zone(self, department: str) -> ZoneInfo:
+        try:
+            return self.hub.mapping(department).local_timezone
+        except KeyError:
+            return ZoneInfo("UTC")
+
+    # ----------------------------------------------------------------------- applying
+
+    async def apply_async(
+        self, department: str, events: list[DepartmentEvent], *, source: str
+    ) -> SyncResult:
+        return await asyncio.to_thread(self.apply, department, events, source=source)
+
+    def apply(
+        self,
+        department: str,
+        events: Iterable[StatusEvent],
+        *,
+        source: str,
+        watermark: datetime | None = None,
+    ) -> SyncResult:
+        """Apply events in department order, in one transaction; notify after commit."""
+        ordered = sorted(events, key=lambda e: (sequence_of(e), e.external_event_id))
+        mapping = self.hub.mapping(department)
+        for attempt in range(1, APPLY_ATTEMPTS + 1):
+            result = SyncResult(department, source, received=len(ordered), watermark=watermark)
+            notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
+            try:
+                with self.hub.uow() as uow:
+                    for event in ordered:
+                        result.outcomes[self._apply_one(uow, mapping, event, source, notes)] += 1
+                    if watermark is not None:
+                        uow.cursors.set(department, watermark)
+                    uow.commit()
+                break
+            except StaleCase:
+                if attempt == APPLY_ATTEMPTS:
+                    raise
+                log.info("case changed under status sync of %s; retrying", department)
+        self._notify(notes)
+        if result.outcomes[UNMAPPED] or result.outcomes[ORPHAN]:
+            log.warning("status sync %s: %s", department, result.as_dict())
+        return result
+
+    def _apply_one(
+        self,
+        uow: UnitOfWork,
+        mapping: DepartmentMapping,
+        event: StatusEvent,
+        source: str,
+        notes: list,
+    ) -> str:
+        row_id = _record_inbound(uow, event, source, self.clock())
+        if row_id is None:
+            return DUPLICATE
+        order = self._work_order(uow, event)
+        if order is None:
+            return _settle_inbound(uow, row_id, ORPHAN)
+        if order.last_sequence and sequence_of(event) < order.last_sequence:
+            return _settle_inbound(uow, row_id, STALE, order.case_id)
+        try:
+            meaning = mapping.map_status_in(event.raw_code)
+        except UnmappedStatus:
+            uow.timeline.append(self._unmapped_event(order, event, source))
+            return _settle_inbound(uow, row_id, UNMAPPED, order.case_id)
+        outcome = IGNORED
+        if meaning is not None:
+            outcome = self._move_case(uow, order, event, meaning, source, notes)
+        uow.work_orders.update(
+            order.case_id,
+            order.department,
+            raw_status=event.raw_code,
+            raw_status_text=event.raw_text,
+            mapped_status=meaning.status.value if meaning else order.mapped_status,
+            last_sequence=sequence_of(event),
+            **self._link(order, event),
+        )
+        return _settle_inbound(uow, row_id, outcome, order.case_id)
+
+    def _work_order(self, uow: UnitOfWork, event: StatusEvent) -> WorkOrder | None:
+        """By the department's id; else by the hub reference, if the hub has not linked
+        another record (a second record for one case is the department's duplicate)."""
+        if event.external_id:
+            order = uow.work_orders.by_external_id(event.department, event.external_id)
+            if order is not None:
+                return order
+        if event.hub_reference:
+            order = uow.work_orders.get(event.hub_reference, event.department)
+            if order is not None and order.external_id in (None, event.external_id):
+                return order
+        return None
+
+    @staticmethod
+    def _link(order: WorkOrder, event: StatusEvent) -> dict[str, Any]:
+        """A record found by reference before the create was acknowledged: adopt it."""
+        if order.external_id or not event.external_id:
+            return {}
+        return {"external_id": event.external_id, "delivery_state": DeliveryState.DELIVERED}
+
+    def _move_case(self, uow, order, event, meaning, source, notes) -> str:
+        case = uow.cases.get(order.case_id)
+        if case is None:
+            return ORPHAN
+        version = case.version
+        added = _add_evidence(case, event.evidence)
+        closure = None
+        if meaning.status.is_final:
+            code = meaning.closure_reason or event.closure_code
+            closure = Closure(code=code, text=event.closure_text) if code else None
+        change = change_status(
+            uow,
+            case,
+            meaning.status,
+            source=source,
+            actor=self.actor,
+            department=event.department,
+            at=event.occurred_at,
+            raw_code=event.raw_code,
+            description=event.closure_text or event.raw_text,
+            media_url=event.evidence[0].url if event.evidence else None,
+            closure=closure,
+            event=event,
+        )
+        if change.outcome is TransitionOutcome.APPLIED:
+            notes.append((case, change.old, change.new, event))
+        elif added:  # late photos on an unchanged status still reach the case
+            case.version += 1
+            uow.cases.save(case, expected_version=version)
+        return change.outcome.value
+
+    def _unmapped_event(self, order: WorkOrder, event: StatusEvent, source: str) -> CaseEvent:
+        return CaseEvent(
+            case_id=order.case_id,
+            kind="status_unmapped",
+            level=EventLevel.ALERT,
+            actor=self.actor,
+            source=source,
+            department=event.department,
+            message=f"department code {event.raw_code!r} is not in the {event.department}"
+            " mapping: not applied (add it to the mapping, then reconcile)",
+            detail={
+                "raw_code": event.raw_code,
+                "raw_text": event.raw_text,
+                "external_event_id": event.external_event_id,
+                "external_id": event.external_id,
+            },
+        )
+
+    def _notify(self, notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]]) -> None:
+        for case, old, new, event in notes:
+            try:
+                self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=event)
+            except Exception:  # a broken listener must not undo a committed status
+                log.exception("on_status_change hook failed for case %s", case.hub_id)
+
+
+# --------------------------------------------------------------------------- inbound rows
+
+
+def _record_inbound(uow: UnitOfWork, event: StatusEvent, source: str, now: datetime) -> int | None:
+    """Insert-ignore on (department, external_event_id): None means seen before."""
+    conn = uow.connection
+    stmt = (
+        _insert(conn, t.inbound_events)
+        .values(
+            department=event.department,
+            external_event_id=event.external_event_id,
+            external_id=event.external_id,
+            raw_code=event.raw_code[:64],
+            raw_text=event.raw_text,
+            occurred_at=event.occurred_at,
+            sequence=sequence_of(event)[:64],
+            received_at=now,
+            payload={"source": source, **event.model_dump(mode="json")},
+        )
+        .on_conflict_do_nothing()
+        .returning(t.inbound_events.c.id)
+    )
+    return conn.execute(stmt).scalar_one_or_none()  # type: ignore[union-attr]
+
+
+def _settle_inbound(uow: UnitOfWork, row_id: int, outcome: str, case_id: str | None = None) -> str:
+    uow.connection.execute(  # type: ignore[union-attr]
+        update(t.inbound_events)
+        .where(t.inbound_events.c.id == row_id)
+        .values(outcome=outcome, case_id=case_id)
+    )
+    return outcome
+
+
+def _add_evidence(case: Case, evidence: list[Attachment]) -> bool:
+    known = {a.url for a in case.evidence}
+    new = [a for a in evidence if a.url not in known]
+    if new:
+        case.evidence = [*case.evidence, *new]
+    return bool(new)
+
+
+def inbound_counts(hub: Hub, department: str | None = None) -> dict[str, int]:
+    """inbound_events per outcome (the unmapped and orphan counters of the alerts)."""
+    query = select(t.inbound_events.c.outcome, func.count()).group_by(t.inbound_events.c.outcome)
+    if department:
+        query = query.where(t.inbound_events.c.department == department)
+    with hub.uow() as uow:
+        return {str(o): n for o, n in uow.connection.execute(query)}  # type: ignore[union-attr]
+
+
+__all__ = [
+    "APPLIED",
+    "DUPLICATE",
+    "ORPHAN",
+    "STALE",
+    "UNMAPPED",
+    "NotPollable",
+    "StatusSync",
+    "SyncResult",
+    "inbound_counts",
+    "poll_since",
+    "sequence_of",
+]
