@@ -113,6 +113,7 @@ class ReconcileReport:
     departments: dict[str, DepartmentReport] = field(default_factory=dict)
     finished_at: datetime | None = None
     run_id: int | None = None
+    sections: dict[str, Any] = field(default_factory=dict)  # plugins' own (e.g. payments)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -134,6 +135,7 @@ class ReconcileReport:
             "counts": self.counts,
             "clean": self.clean,
             "departments": {n: r.as_dict() for n, r in sorted(self.departments.items())},
+            "sections": self.sections,
         }
 
 
@@ -168,6 +170,8 @@ class Reconciler:
         report = ReconcileReport(started_at=self.clock(), heal=heal)
         for name in [department] if department else self.hub.configured_departments():
             report.departments[name] = await self.department(name, heal=heal)
+        if department is None:
+            report.sections = await asyncio.to_thread(plugin_sections, self.hub, heal=heal)
         report.finished_at = self.clock()
         report.run_id = self._store(report, department)
         return report
@@ -670,6 +674,20 @@ class Reconciler:
             uow.commit()
         return run_id
 
+
+def plugin_sections(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
+    """Sections plugins add to the report: any plugin with ``reconcile_section(hub, heal=)``
+    (payments: paid not dispatched, dispatched not paid, refunds pending)."""
+    sections: dict[str, Any] = {}
+    for plugin in hub.pm.get_plugins():
+        section = getattr(plugin, "reconcile_section", None)
+        if callable(section):
+            try:
+                sections[hub.pm.get_name(plugin) or repr(plugin)] = section(hub, heal=heal)
+            except Exception as exc:  # one plugin's failure must not hide the rest
+                log.exception("reconcile section of %s failed", plugin)
+                sections[hub.pm.get_name(plugin) or repr(plugin)] = {"error": str(exc)}
+    return sections
 
 def last_report(hub: Hub, department: str | None = None) -> dict[str, Any] | None:
     """The newest stored run (for `hub reconcile --last`)."""

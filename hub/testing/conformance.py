@@ -831,6 +831,127 @@ class AdapterConformance:
         assert not [q for q in reasons if q.endswith(name)], "the good file was quarantined"
 
 
+# --------------------------------------------------------------------------- capability suites
+# Enrichment (GIS) and payment adapters are not work-order targets: their contract is their
+# lookups / intents, driven through harness hooks (AdapterHarness.sample_location, …).
+
+
+class EnrichmentConformance:
+    """Contract of ``Capability.ENRICH`` adapters (ArcGIS-shaped: geocode, reverse geocode,
+    point-in-polygon ``locate``, ``nearest_asset``, ``enrich(case)``)."""
+
+    @requires(Capability.ENRICH)
+    @synced
+    async def test_enrich_locates_a_known_point(self, kit: ConformanceKit) -> None:
+        lat, long, facts = kit.harness.sample_location()  # type: ignore[attr-defined]
+        async with kit.adapter() as adapter:
+            _fresh_cache(adapter)
+            found = await adapter.locate(lat, long)  # type: ignore[attr-defined]
+            changes = await adapter.enrich(Case(service_code="POTHOLE", lat=lat, long=long))  # type: ignore[attr-defined]
+        for name, value in facts.items():
+            assert found.get(name) == value, f"locate: {name} {found.get(name)!r} != {value!r}"
+            assert changes["attributes"].get(name) == value, f"enrich did not add {name}"
+
+    @requires(Capability.ENRICH)
+    @synced
+    async def test_enrich_outside_the_service_area_finds_nothing(self, kit: ConformanceKit) -> None:
+        lat, long = kit.harness.outside_location()  # type: ignore[attr-defined]
+        async with kit.adapter() as adapter:
+            _fresh_cache(adapter)
+            found = await adapter.locate(lat, long)  # type: ignore[attr-defined]
+            address = await adapter.reverse_geocode(lat, long)  # type: ignore[attr-defined]
+        assert not any(found.values()), f"outside the city yet located: {found}"
+        assert address is None, "no address is None, not an error"
+
+    @requires(Capability.ENRICH)
+    @synced
+    async def test_enrich_errors_inside_200_are_classified(self, kit: ConformanceKit) -> None:
+        lat, long, _ = kit.harness.sample_location()  # type: ignore[attr-defined]
+        async with kit.adapter() as adapter:
+            _fresh_cache(adapter)
+            kit.faults(error_envelope=1.0)
+            await expect_error(adapter.locate(lat, long), Transient, "error 500 in a 200 body")  # type: ignore[attr-defined]
+            kit.faults(token_expiry=1.0)
+            await expect_error(adapter.locate(lat, long), Transient, "498 after a fresh token")  # type: ignore[attr-defined]
+            kit.faults(error_5xx=1.0)
+            await expect_error(adapter.locate(lat, long), Transient, "HTTP 503")  # type: ignore[attr-defined]
+            kit.faults()
+            assert await adapter.locate(lat, long)  # type: ignore[attr-defined]
+
+    @requires(Capability.ENRICH)
+    @synced
+    async def test_enrich_answers_from_cache_when_the_service_is_down(
+        self, kit: ConformanceKit
+    ) -> None:
+        lat, long, facts = kit.harness.sample_location()  # type: ignore[attr-defined]
+        case = Case(service_code="POTHOLE", lat=lat, long=long)
+        async with kit.adapter() as adapter:
+            _fresh_cache(adapter)
+            await adapter.enrich(case)  # type: ignore[attr-defined]
+            kit.faults(error_5xx=1.0)
+            changes, complete = adapter.enrich_from_cache(case)  # type: ignore[attr-defined]
+        assert complete, "a second lookup of the same point must not need the service"
+        for name, value in facts.items():
+            assert changes["attributes"].get(name) == value
+
+
+class PaymentConformance:
+    """Contract of ``Capability.PAYMENT`` adapters (Stripe-shaped PaymentIntents)."""
+
+    @requires(Capability.PAYMENT)
+    @synced
+    async def test_payment_intent_is_idempotent_per_case(self, kit: ConformanceKit) -> None:
+        case_id = new_hub_id(SOURCE_SYSTEM, f"fee-{uuid.uuid4().hex[:6]}")
+        async with kit.adapter() as adapter:
+            first = await adapter.create_intent(case_id, 2500, "USD")  # type: ignore[attr-defined]
+            again = await adapter.create_intent(case_id, 2500, "USD")  # type: ignore[attr-defined]
+            read = await adapter.get_intent(first.id)  # type: ignore[attr-defined]
+        assert first.id == again.id == read.id, "a retried create made a second intent"
+        assert isinstance(first.amount, int) and first.amount == 2500
+        assert first.url, "the resident needs a place to pay"
+
+    @requires(Capability.PAYMENT)
+    @synced
+    async def test_payment_amount_must_be_integer_minor_units(self, kit: ConformanceKit) -> None:
+        async with kit.adapter() as adapter:
+            await expect_error(adapter.create_intent("x", 25.0, "USD"), Permanent, "float amount")  # type: ignore[attr-defined]
+
+    @requires(Capability.PAYMENT)
+    @synced
+    async def test_payment_errors_are_classified(self, kit: ConformanceKit) -> None:
+        async with kit.adapter() as adapter:
+            kit.faults(error_5xx=1.0)
+            await expect_error(adapter.get_intent("pi_x"), Transient, "HTTP 503")  # type: ignore[attr-defined]
+            kit.faults()
+            await expect_error(adapter.get_intent("pi_missing"), Permanent, "unknown intent")  # type: ignore[attr-defined]
+
+    @requires(Capability.PAYMENT)
+    def test_payment_webhook_signatures(self, kit: ConformanceKit) -> None:
+        body = b'{"id": "evt_1", "type": "payment_intent.succeeded"}'
+        adapter = kit.build()
+        good, forged = kit.harness.sign_webhook(body), kit.harness.sign_webhook(body, secret="x")  # type: ignore[attr-defined]
+        adapter.verify_webhook(body, good)  # type: ignore[attr-defined]
+        stale = kit.harness.sign_webhook(body, age_seconds=400)  # type: ignore[attr-defined]
+        for header, what in ((forged, "forged"), (stale, "stale"), (None, "unsigned"),
+                             (good, "tampered body")):
+            data = body + b" " if what == "tampered body" else body
+            with pytest.raises(Exception) as refused:
+                adapter.verify_webhook(data, header)  # type: ignore[attr-defined]
+            assert not isinstance(refused.value, AssertionError), what
+
+
+def _fresh_cache(adapter: Adapter) -> None:
+    cache = getattr(adapter, "cache", None)
+    if cache is not None and callable(getattr(cache, "clear", None)):
+        cache.clear()
+
+
+for _suite in (EnrichmentConformance, PaymentConformance):  # part of every generated class
+    for _name, _test in vars(_suite).items():
+        if _name.startswith("test_"):
+            setattr(AdapterConformance, _name, _test)
+
+
 # --------------------------------------------------------------------------- the factory
 
 

@@ -19,6 +19,8 @@ from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig
 from hub.services.runtime import Hub
 from hub.store.migrate import upgrade
 from hub.testing.simulators import codeenforcement as ce_sim
+from hub.testing.simulators import gis as gis_sim
+from hub.testing.simulators import payments as pay_sim
 from hub.testing.simulators.base import BaseSimulator, FaultProfile, SimulatorServer
 from hub.testing.simulators.publicworks import DEFAULT_LOGIN, DEFAULT_PASSWORD, PublicWorksSimulator
 from hub.testing.simulators.sanitation import SanitationSimulator
@@ -26,6 +28,9 @@ from hub.testing.simulators.sanitation import SanitationSimulator
 REPO_MAPPINGS = Path(__file__).resolve().parents[2] / "mappings"
 PASSWORD_ENV = "HUB_SIM_PUBLICWORKS_PASSWORD"
 CE_PASSWORD_ENV = "HUB_SIM_CODEENFORCEMENT_PASSWORD"
+GIS_SECRET_ENV = "HUB_SIM_GIS_CLIENT_SECRET"
+PAYMENTS_KEY_ENV = "HUB_SIM_PAYMENTS_API_KEY"
+PAYMENTS_WEBHOOK_ENV = "HUB_SIM_PAYMENTS_WEBHOOK_SECRET"
 
 # Fast retry settings so a test or demo run finishes in seconds, not the production minutes.
 FAST_DELIVERY = DeliveryPolicy(
@@ -91,14 +96,47 @@ class SimulatedCity:
                 },
                 delivery=self.delivery,
             )
+        departments.update(self._enrichment_and_payments())
         return HubConfig(mappings=REPO_MAPPINGS, departments=departments, worker=self.worker)
+
+    def _enrichment_and_payments(self) -> dict[str, DepartmentConfig]:
+        """GIS and payments are configured like departments (they have adapters)."""
+        departments = {}
+        if "gis" in self.servers:
+            departments["gis"] = DepartmentConfig(
+                adapter="gis",
+                settings={
+                    "base_url": self.url("gis"),
+                    "client_id": gis_sim.DEFAULT_CLIENT_ID,
+                    "client_secret": {"env": GIS_SECRET_ENV},
+                    "timeout_seconds": self.timeout_seconds,
+                    "max_hold_seconds": 10.0,
+                },
+                delivery=self.delivery,
+            )
+        if "payments" in self.servers:
+            departments["payments"] = DepartmentConfig(
+                adapter="payments",
+                settings={
+                    "base_url": self.url("payments"),
+                    "api_key": {"env": PAYMENTS_KEY_ENV},
+                    "webhook_secret": {"env": PAYMENTS_WEBHOOK_ENV},
+                    "timeout_seconds": self.timeout_seconds,
+                    "poll_delay_seconds": 0.3,
+                    "max_polls": 4,
+                },
+                delivery=self.delivery,
+            )
+        return departments
 
     def config_dict(self) -> dict[str, Any]:
         """The same config as YAML-ready data, for worker subprocesses (`hub worker -c`)."""
         return self.config().model_dump(mode="json", exclude={"source"})
 
     def hub(self) -> Hub:
-        return Hub(self.config(), database=self.database_url)
+        hub = Hub(self.config(), database=self.database_url)
+        bind_plugins(hub)
+        return hub
 
     def state(self, department: str) -> dict[str, Any]:
         """The department's own view, read over HTTP like an operator would."""
@@ -106,6 +144,15 @@ class SimulatedCity:
 
     def set_faults(self, department: str, faults: str | dict[str, Any]) -> None:
         self.simulator(department).set_faults(faults)
+
+
+def bind_plugins(hub: Hub) -> None:
+    """Hooks get no hub handle: plugins that expose ``bind(hub)`` (GIS, payments, CRM
+    callback) are given this one, as the API and the worker do for theirs."""
+    for plugin in hub.pm.get_plugins():
+        bind = getattr(plugin, "bind", None)
+        if callable(bind):
+            bind(hub)
 
 
 @contextmanager
@@ -118,8 +165,14 @@ def simulated_city(
     hang_seconds: float | None = None,
     delivery: DeliveryPolicy | None = None,
     worker: WorkerConfig | None = None,
+    gis: bool = False,
+    payments: bool = False,
 ) -> Iterator[SimulatedCity]:
-    """Start the simulators, migrate the database, and yield the wiring."""
+    """Start the simulators, migrate the database, and yield the wiring.
+
+    `gis` adds the GIS simulator (ward/district enrichment and routing), `payments` the
+    payments simulator (fee gate; residents pay most intents within a moment). Off by
+    default: with them, cases also get enrich/payment outbox rows and hold states."""
     directory.mkdir(parents=True, exist_ok=True)
     url = database_url or f"sqlite:///{directory / 'hub.db'}"
     upgrade(url)
@@ -128,6 +181,9 @@ def simulated_city(
         profile = profile.model_copy(update={"hang_seconds": hang_seconds})
     os.environ.setdefault(PASSWORD_ENV, DEFAULT_PASSWORD)
     os.environ.setdefault(CE_PASSWORD_ENV, ce_sim.DEFAULT_PASSWORD)
+    os.environ.setdefault(GIS_SECRET_ENV, gis_sim.DEFAULT_CLIENT_SECRET)
+    os.environ.setdefault(PAYMENTS_KEY_ENV, pay_sim.DEFAULT_API_KEY)
+    os.environ.setdefault(PAYMENTS_WEBHOOK_ENV, pay_sim.DEFAULT_WEBHOOK_SECRET)
     with ExitStack() as stack:
         server = stack.enter_context(SimulatorServer(PublicWorksSimulator(faults=profile)))
         soap = stack.enter_context(SimulatorServer(ce_sim.CodeEnforcementSimulator(faults=profile)))
@@ -141,10 +197,17 @@ def simulated_city(
         contractor.start_background()
         stack.callback(contractor.stop)
         files = stack.enter_context(SimulatorServer(contractor))
+        servers = {"publicworks": server, "codeenforcement": soap, "sanitation": files}
+        if gis:  # ward/district routing
+            servers["gis"] = stack.enter_context(SimulatorServer(gis_sim.GisSimulator(profile)))
+        if payments:  # the fee gate; residents pay most intents within a moment
+            _, behaviour = pay_sim.split_spec(faults if isinstance(faults, str) else "none")
+            simulator = pay_sim.PaymentsSimulator(profile, pay_delay_seconds=0.1, **behaviour)
+            servers["payments"] = stack.enter_context(SimulatorServer(simulator))
         yield SimulatedCity(
             directory=directory,
             database_url=url,
-            servers={"publicworks": server, "codeenforcement": soap, "sanitation": files},
+            servers=servers,
             timeout_seconds=timeout_seconds,
             delivery=delivery or FAST_DELIVERY,
             worker=worker or WorkerConfig(idle_poll_seconds=0.05),

@@ -1,0 +1,492 @@
+"""GIS in the case pipeline: intake-time enrichment from cache, the ``enrich`` outbox
+operation, and the route correction it makes before dispatch.
+
+Intake never waits for the GIS (hooks are synchronous and run inside the intake
+transaction). The ``hub_enrich_case`` hook answers from the process's GIS cache only. On a
+miss it flags ``enrichment_pending``, stamps ``attributes.gis_status`` and the case is
+routed by service code alone. Then:
+
+- ``awaiting`` (a route rule of the service reads a GIS-filled field, e.g. the ward rule
+  for potholes): ``hub_before_dispatch`` holds the create (outbox ``held``), so the route
+  can still be corrected;
+- ``pending`` (routing does not depend on the GIS): the create goes at once; the GIS facts
+  are added later for the record.
+
+After intake commits, ``hub_on_status_change`` (routed) enqueues one ``enrich`` row for the
+GIS department. Its handler (the Dispatcher, with the outbox's retries, backoff and circuit
+breaker) asks the GIS, then in one transaction writes the facts and re-routes:
+
+Ordering. The outbox runs operations per (case, department) in id order, but the ``enrich``
+row lives under the GIS department, so nothing orders it against the create. The handler
+therefore decides on the create row itself, inside its transaction: a create that was never
+attempted (``attempts = 0``) and is not leased is changed (same department: team, type,
+priority, SLA; another department: that create is skipped and a new one is enqueued in the
+same state); the guarded UPDATE that checks this also locks the row (PostgreSQL) or the
+database (SQLite), so a worker cannot claim it in between. A create that is leased right
+now makes the handler retry shortly; one that was attempted or delivered is never moved
+(its department may have it): the difference is written on the timeline
+(``route_differs``) for a person to act on.
+
+A GIS that stays down: after ``max_hold_seconds`` (or the last attempt, or a permanent
+error) the held create is released on the service-code route (``gis_status: unavailable``)
+and enrichment keeps retrying for the record.
+
+Releasing obeys every hold, not only ours: the create is released only when no fee is
+unpaid (``attributes.payment_status`` absent or ``succeeded``) and the GIS is not awaited.
+
+Hooks get no hub handle; a process binds one with :func:`bind` (the harness and the API do;
+the worker's binding of the CRM-callback plugin is used as a fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import or_, update
+
+from adapters.gis.adapter import STATUS_FIELD, GisAdapter
+from hub.adapters import DeliveryError, Permanent, Transient
+from hub.hookspecs import hookimpl
+from hub.model import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    DeliveryState,
+    DispatchDecision,
+    EventLevel,
+    Route,
+    StatusEvent,
+    as_utc,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from hub.services.runtime import Hub
+    from hub.store.repository import OutboxItem
+    from hub.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+ENRICH = "enrich"
+AWAITING, PENDING, DONE, UNAVAILABLE = "awaiting", "pending", "done", "unavailable"
+FLAG = "enrichment_pending"
+HOLD_STATE = "awaiting_enrichment"
+LOCATION_FIELDS = {"lat", "long", "address_string", "zipcode", "attributes.asset_id"}
+
+_bound: weakref.ref | None = None
+
+
+def bind(hub: Hub) -> None:
+    """Make `hub` the one this process's GIS hooks read config and caches from."""
+    global _bound
+    _bound = weakref.ref(hub)
+
+
+def bound_hub() -> Hub | None:
+    hub = _bound() if _bound is not None else None
+    if hub is None:
+        from hub.builtins.crm_callback import bound_hub as crm_bound
+
+        hub = crm_bound()
+    return hub
+
+
+def gis_adapter(hub: Hub | None) -> GisAdapter | None:
+    """The configured GIS department's adapter (the first department on adapter `gis`)."""
+    if hub is None:
+        return None
+    for name, dept in hub.config.enabled_departments().items():
+        if dept.adapter == GisAdapter.name:
+            adapter = hub.adapter(name)
+            return adapter if isinstance(adapter, GisAdapter) else None
+    return None
+
+
+def holds_cleared(case: Case) -> bool:
+    """The shared hold convention (the payments plugin keeps the same rule)."""
+    payment = case.attributes.get("payment_status")
+    return case.attributes.get(STATUS_FIELD) != AWAITING and payment in (None, "succeeded")
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+@hookimpl
+def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
+    hub = bound_hub()
+    gis = gis_adapter(hub)
+    if gis is None or case.attributes.get(STATUS_FIELD) == DONE:
+        return None
+    if case.lat is None and case.long is None and not case.address_string:
+        return None  # nothing to locate
+    changes, complete = gis.enrich_from_cache(case)
+    attributes = dict(changes.pop("attributes", {}))
+    if complete:
+        attributes[STATUS_FIELD] = DONE
+    else:
+        context.setdefault("flags", []).append(FLAG)
+        attributes[STATUS_FIELD] = AWAITING if _must_wait(hub, gis, case) else PENDING
+    return {**changes, "attributes": attributes}
+
+
+@hookimpl
+def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
+    if case.attributes.get(STATUS_FIELD) != AWAITING:
+        return None
+    return DispatchDecision(
+        hold=True,
+        state=HOLD_STATE,
+        reason="waiting for GIS: this service is routed by location",
+        detail={"flag": FLAG},
+    )
+
+
+@hookimpl
+def hub_on_status_change(
+    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+) -> None:
+    if new is not CaseStatus.ROUTED or case.attributes.get(STATUS_FIELD) not in (AWAITING, PENDING):
+        return
+    hub = bound_hub()
+    gis = gis_adapter(hub)
+    if hub is None or gis is None:
+        return
+    try:
+        with hub.uow() as uow:
+            enqueue_enrich(uow, case.hub_id, gis.department)
+            uow.commit()
+    except Exception:  # a missed enqueue is found again by enrichment_report(heal=True)
+        log.exception("could not enqueue GIS enrichment for case %s", case.hub_id)
+
+
+def enqueue_enrich(uow: UnitOfWork, case_id: str, department: str) -> bool:
+    return uow.outbox.enqueue(
+        case_id=case_id,
+        department=department,
+        operation=ENRICH,
+        idempotency_key=f"{case_id}:{department}:{ENRICH}",
+    )
+
+
+def _must_wait(hub: Hub | None, gis: GisAdapter, case: Case) -> bool:
+    policy = gis.config.hold_for_enrichment
+    if policy != "auto" or hub is None:
+        return policy == "always"
+    fields = LOCATION_FIELDS | {f"attributes.{name}" for name in gis.config.layers}
+    for mapping in hub.mappings.departments.values():
+        for rule in mapping.routes:
+            if rule.service_code == case.service_code and set(rule.when or {}) & fields:
+                return True
+    return False
+
+
+# --------------------------------------------------------------------------- the operation
+
+
+async def deliver_enrich(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
+    """Outbox handler of ``enrich``: ask the GIS, then apply (see the module doc)."""
+    if _bound is None or _bound() is None:
+        bind(hub)
+    adapter = hub.adapter(item.department)
+    if not isinstance(adapter, GisAdapter):
+        raise Permanent(f"department {item.department} is not a GIS")
+    try:
+        changes = await adapter.enrich(case)
+    except DeliveryError as error:
+        if _give_up_holding(hub, item, adapter, error):
+            await asyncio.to_thread(release_unenriched, hub, case.hub_id, error.message)
+        raise
+    message = await asyncio.to_thread(apply_enrichment, hub, case.hub_id, changes)
+    if message is None:  # its create is being delivered right now: apply after it
+        again = int(item.payload.get("round", 0)) + 1
+        await asyncio.to_thread(_enqueue_again, hub, case.hub_id, item.department, again)
+        return f"create in flight: enrichment re-queued (round {again})"
+    return message
+
+
+def _enqueue_again(hub: Hub, case_id: str, department: str, round_: int) -> None:
+    """A new row, not a retry: waiting for a create is no failure of the GIS (a retry
+    would count toward its circuit breaker). Lookups then come from the cache."""
+    if round_ > 50:
+        raise Permanent("create stayed in flight too long; enrichment abandoned")
+    with hub.uow() as uow:
+        uow.outbox.enqueue(
+            case_id=case_id,
+            department=department,
+            operation=ENRICH,
+            idempotency_key=f"{case_id}:{department}:{ENRICH}:{round_}",
+            payload={"round": round_},
+            due=utcnow() + timedelta(seconds=0.5),
+        )
+        uow.commit()
+
+
+def _give_up_holding(hub: Hub, item: OutboxItem, adapter: GisAdapter, error: Exception) -> bool:
+    waited = utcnow() - as_utc(item.created_at)
+    last = item.attempts >= hub.config.policy(item.department).max_attempts
+    too_long = waited >= timedelta(seconds=adapter.config.max_hold_seconds)
+    return isinstance(error, Permanent) or last or too_long
+
+
+def release_unenriched(hub: Hub, case_id: str, reason: str) -> int:
+    """Stop holding for the GIS: dispatch on the service-code route."""
+    with hub.uow() as uow:
+        case = uow.cases.get(case_id)
+        if case is None or case.attributes.get(STATUS_FIELD) != AWAITING:
+            return 0
+        _save_attributes(uow, case, {STATUS_FIELD: UNAVAILABLE})
+        uow.timeline.append(
+            _event(
+                case,
+                "enrichment_unavailable",
+                EventLevel.WARNING,
+                f"GIS unavailable ({reason}): dispatched on the service-code route",
+            )
+        )
+        released = _release_if_clear(uow, case)
+        uow.commit()
+        return released
+
+
+class _CreateInFlight(Exception):
+    pass
+
+
+def apply_enrichment(hub: Hub, case_id: str, changes: dict[str, Any]) -> str | None:
+    """Write the GIS facts and correct the route while the create is still unsent.
+    None: the create is in flight (a case write now would race its settlement)."""
+    from hub.store.repository import StaleCase
+
+    try:
+        with hub.uow() as uow:
+            message = _apply(hub, uow, case_id, changes)
+            uow.commit()
+            return message
+    except _CreateInFlight:
+        return None
+    except StaleCase:
+        raise Transient("case changed while enriching; will apply again", retry_after=0.2) from None
+
+
+def _apply(hub: Hub, uow: UnitOfWork, case_id: str, changes: dict[str, Any]) -> str:
+    case = uow.cases.get(case_id)
+    if case is None:
+        raise Permanent("case is gone")
+    if case.attributes.get(STATUS_FIELD) == DONE:
+        return "already enriched"
+    held_for_us = case.attributes.get(STATUS_FIELD) == AWAITING
+    version = case.version
+    filled = _merge(case, changes)
+    create = _create_row(uow, case)
+    note = "no route to correct"
+    if case.department is not None and create is not None:
+        if not _lock_idle(uow, create):
+            raise _CreateInFlight
+        note = _correct_route(hub, uow, case, uow.outbox.get(create.id) or create)
+    case.version += 1
+    uow.cases.save(case, expected_version=version)
+    uow.timeline.append(
+        _event(
+            case, "enriched", EventLevel.INFO, f"GIS enrichment: {note}", detail={"fields": filled}
+        )
+    )
+    released = _release_if_clear(uow, case) if held_for_us else 0
+    return f"enriched ({', '.join(filled) or 'nothing new'}); {note}" + (
+        "; create released" if released else ""
+    )
+
+
+def _merge(case: Case, changes: dict[str, Any]) -> list[str]:
+    changes = dict(changes)
+    attributes = changes.pop("attributes", {}) or {}
+    filled = []
+    for name, value in changes.items():
+        if getattr(case, name) in (None, "") and value is not None:
+            setattr(case, name, value)
+            filled.append(name)
+    merged = dict(case.attributes)
+    for name, value in attributes.items():
+        if name == STATUS_FIELD or merged.get(name) in (None, ""):
+            if name != STATUS_FIELD:
+                filled.append(f"attributes.{name}")
+            merged[name] = value
+    merged[STATUS_FIELD] = DONE
+    case.attributes = merged
+    return sorted(filled)
+
+
+def _create_row(uow: UnitOfWork, case: Case) -> OutboxItem | None:
+    return next(
+        (
+            item
+            for item in uow.outbox.for_case(case.hub_id)
+            if item.operation == "create" and item.department == case.department
+        ),
+        None,
+    )
+
+
+def _correct_route(hub: Hub, uow: UnitOfWork, case: Case, create: OutboxItem) -> str:
+    route = _route(hub, case)
+    if route is None or _same(case, route):
+        return f"route unchanged ({case.department}/{case.team or '-'})"
+    if create.attempts or create.state not in ("pending", "held"):
+        uow.timeline.append(
+            _event(
+                case,
+                "route_differs",
+                EventLevel.WARNING,
+                f"GIS says {route.department}/{route.team or '-'} but the create to"
+                f" {case.department} was already sent: not moved",
+                detail={"department": route.department, "team": route.team},
+            )
+        )
+        return "route differs, create already sent (not moved)"
+    old = f"{case.department}/{case.team or '-'}"
+    if route.department != case.department:
+        _move_create(uow, case, create, route.department)
+    _apply_route(case, route)
+    uow.work_orders.update(case.hub_id, case.department, work_order_type=route.work_order_type)
+    uow.timeline.append(
+        _event(
+            case,
+            "route_corrected",
+            EventLevel.INFO,
+            f"route corrected by GIS: {old} → {route.department}/{route.team or '-'}",
+            detail={"reason": route.reason, "work_order_type": route.work_order_type},
+        )
+    )
+    return f"route corrected to {route.department}/{route.team or '-'}"
+
+
+def _route(hub: Hub, case: Case) -> Route | None:
+    default = hub.mappings.route(case)
+    return hub.pm.hook.hub_choose_route(case=case, default=default)
+
+
+def _same(case: Case, route: Route) -> bool:
+    return (route.department, route.team, route.work_order_type) == (
+        case.department,
+        case.team,
+        case.work_order_type,
+    ) and (route.priority is None or route.priority == case.priority)
+
+
+def _lock_idle(uow: UnitOfWork, create: OutboxItem) -> bool:
+    """Guarded touch of the create row: true if no worker holds its lease. The UPDATE's row
+    lock (PostgreSQL) / write lock (SQLite) keeps workers from claiming it until this
+    transaction commits, so what we then read about it stays true while we decide."""
+    from hub.store import tables as t
+
+    now = utcnow()
+    o = t.outbox.c
+    result = uow.connection.execute(
+        update(t.outbox)
+        .where(o.id == create.id, or_(o.locked_until.is_(None), o.locked_until < now))
+        .values(updated_at=now)
+    )
+    return result.rowcount == 1
+
+
+def _move_create(uow: UnitOfWork, case: Case, create: OutboxItem, department: str) -> None:
+    from hub.services.intake import create_key
+
+    uow.outbox.mark_skipped(create.id, reason=f"rerouted by GIS to {department}")
+    uow.work_orders.update(case.hub_id, case.department, department=department)
+    uow.outbox.enqueue(
+        case_id=case.hub_id,
+        department=department,
+        operation="create",
+        idempotency_key=create_key(case.hub_id, department),
+        state=create.state,
+    )
+
+
+def _apply_route(case: Case, route: Route) -> None:
+    case.department = route.department
+    case.work_order_type = route.work_order_type
+    case.team = route.team
+    if route.priority is not None:
+        case.priority = route.priority
+    if route.sla_hours is not None:
+        case.sla_due = case.requested_datetime + timedelta(hours=route.sla_hours)
+
+
+def _release_if_clear(uow: UnitOfWork, case: Case) -> int:
+    if not holds_cleared(case) or case.status.is_final:
+        return 0
+    released = uow.outbox.release_held(case.hub_id)
+    for order in uow.work_orders.for_case(case.hub_id):
+        if order.delivery_state == DeliveryState.HELD:
+            uow.work_orders.update(
+                case.hub_id, order.department, delivery_state=DeliveryState.PENDING
+            )
+    if released:
+        uow.timeline.append(
+            _event(case, "released", EventLevel.INFO, "no hold left: create released for dispatch")
+        )
+    return released
+
+
+def _save_attributes(uow: UnitOfWork, case: Case, attributes: dict[str, Any]) -> None:
+    version = case.version
+    case.attributes = {**case.attributes, **attributes}
+    case.version += 1
+    uow.cases.save(case, expected_version=version)
+
+
+def _event(
+    case: Case, kind: str, level: EventLevel, message: str, *, detail: dict | None = None
+) -> CaseEvent:
+    return CaseEvent(
+        case_id=case.hub_id,
+        kind=kind,
+        actor="gis",
+        level=level,
+        department=case.department,
+        message=message,
+        detail=detail or {},
+    )
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def enrichment_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
+    """Cases waiting for the GIS with no ``enrich`` row (an enqueue lost to a crash between
+    intake's commit and the hook); ``heal`` enqueues them."""
+    from sqlalchemy import select
+
+    from hub.store import tables as t
+
+    gis = gis_adapter(hub)
+    if gis is None:
+        return {"configured": False}
+    orphans: list[str] = []
+    with hub.uow() as uow:
+        held = uow.connection.execute(
+            select(t.outbox.c.case_id).where(t.outbox.c.state == "held").distinct()
+        ).scalars()
+        for case_id in held:
+            case = uow.cases.get(case_id)
+            if case is None or case.attributes.get(STATUS_FIELD) != AWAITING:
+                continue
+            if not any(i.operation == ENRICH for i in uow.outbox.for_case(case_id)):
+                orphans.append(case_id)
+                if heal:
+                    enqueue_enrich(uow, case_id, gis.department)
+        uow.commit()
+    return {"configured": True, "awaiting_without_job": orphans, "healed": heal}
+
+
+def _register() -> None:
+    from hub.services.dispatch import register_operation
+
+    register_operation(ENRICH, deliver_enrich)
+
+
+_register()

@@ -1,0 +1,559 @@
+"""The payment gate: fee services wait in ``awaiting_payment`` until the fee is paid.
+
+Flow (docs/adapters/payments.md):
+
+1. intake, ``hub_enrich_case``: a service whose catalogue entry has a ``fee`` gets
+   ``attributes.payment_status: required`` and the fee (int minor units + currency);
+2. ``hub_before_dispatch`` holds every case whose payment status is not ``succeeded``: the
+   create is written ``held`` (state ``awaiting_payment`` on the timeline);
+3. after commit, ``hub_on_status_change`` (routed) enqueues ``payment_intent`` for the
+   payments department; its handler creates the PaymentIntent (Idempotency-Key = case),
+   stores ``payment_reference``/``payment_url`` on the case and schedules a status poll;
+4. the result arrives by signed webhook (``POST /webhooks/payments`` → one ``payment_event``
+   row per event id: a replay is a duplicate key and changes nothing) or by the poll;
+5. on success the held create is released with ``OutboxRepository.release_held`` in the
+   same transaction that records the payment; the stored status makes it happen once;
+6. ``hub_on_status_change`` (cancelled) enqueues ``payment_cancel``: an unpaid intent is
+   cancelled, a paid one refunded (a cancelled case was never served), and the held create
+   is skipped so nothing reaches the department.
+
+Release obeys every hold (the GIS plugin keeps the same convention): only when no fee is
+unpaid and ``attributes.gis_status`` is not ``awaiting``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from adapters.payments.adapter import (
+    PAID,
+    PaymentIntent,
+    PaymentsAdapter,
+    WebhookInvalid,
+)
+from hub.adapters import Permanent, Transient
+from hub.hookspecs import hookimpl
+from hub.model import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    DeliveryState,
+    DispatchDecision,
+    EventLevel,
+    StatusEvent,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    from hub.services.runtime import Hub
+    from hub.store.repository import OutboxItem
+    from hub.store.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+STATUS = "payment_status"
+REQUIRED = "required"
+HOLD_STATE = "awaiting_payment"
+INTENT, POLL, EVENT, CANCEL = "payment_intent", "payment_poll", "payment_event", "payment_cancel"
+FINAL = {PAID, "refunded", "canceled"}
+TERMINAL_OR_PAID = {PAID, "canceled"}
+
+_bound: weakref.ref | None = None
+
+
+def bind(hub: Hub) -> None:
+    """Make `hub` the one this process's payment hooks read the catalogue and config of."""
+    global _bound
+    _bound = weakref.ref(hub)
+
+
+def bound_hub() -> Hub | None:
+    hub = _bound() if _bound is not None else None
+    if hub is None:
+        from hub.builtins.crm_callback import bound_hub as crm_bound
+
+        hub = crm_bound()
+    return hub
+
+
+def payments_adapter(hub: Hub | None) -> PaymentsAdapter | None:
+    if hub is None:
+        return None
+    for name, dept in hub.config.enabled_departments().items():
+        if dept.adapter == PaymentsAdapter.name:
+            adapter = hub.adapter(name)
+            return adapter if isinstance(adapter, PaymentsAdapter) else None
+    return None
+
+
+def fee_of(hub: Hub, service_code: str) -> tuple[int, str] | None:
+    service = hub.mappings.catalogue.get(service_code)
+    fee = getattr(service, "fee", None)
+    return (fee.amount_cents, fee.currency) if fee else None
+
+
+def holds_cleared(case: Case) -> bool:
+    """The shared hold convention (the GIS plugin keeps the same rule)."""
+    return case.attributes.get("gis_status") != "awaiting" and case.attributes.get(STATUS) in (
+        None,
+        PAID,
+    )
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+@hookimpl
+def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
+    hub = bound_hub()
+    if STATUS in case.attributes or payments_adapter(hub) is None:
+        return None
+    fee = fee_of(hub, case.service_code)  # type: ignore[arg-type]
+    if fee is None:
+        return None
+    amount, currency = fee
+    return {"attributes": {STATUS: REQUIRED, "fee_amount_cents": amount, "fee_currency": currency}}
+
+
+@hookimpl
+def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
+    status = case.attributes.get(STATUS)
+    if status is None or status == PAID:
+        return None
+    amount = int(case.attributes.get("fee_amount_cents") or 0)
+    currency = str(case.attributes.get("fee_currency") or "")
+    return DispatchDecision(
+        hold=True,
+        state=HOLD_STATE,
+        reason=f"fee of {amount // 100}.{amount % 100:02d} {currency} not paid yet",
+        detail={"amount_cents": amount, "currency": currency},
+    )
+
+
+@hookimpl
+def hub_on_status_change(
+    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+) -> None:
+    status = case.attributes.get(STATUS)
+    if status is None or new not in (CaseStatus.ROUTED, CaseStatus.CANCELLED):
+        return
+    hub = bound_hub()
+    adapter = payments_adapter(hub)
+    if hub is None or adapter is None:
+        return
+    operation = INTENT if new is CaseStatus.ROUTED else CANCEL
+    if operation == INTENT and status != REQUIRED:
+        return
+    try:
+        with hub.uow() as uow:
+            _enqueue(uow, case.hub_id, adapter.department, operation)
+            uow.commit()
+    except Exception:  # found again by payments_report(heal=True)
+        log.exception("could not enqueue %s for case %s", operation, case.hub_id)
+
+
+def _enqueue(
+    uow: UnitOfWork,
+    case_id: str,
+    department: str,
+    operation: str,
+    *,
+    suffix: str = "",
+    payload: dict[str, Any] | None = None,
+    due: Any = None,
+) -> bool:
+    return uow.outbox.enqueue(
+        case_id=case_id,
+        department=department,
+        operation=operation,
+        idempotency_key=f"{case_id}:{department}:{operation}{suffix}"[:160],
+        payload=payload,
+        due=due,
+    )
+
+
+# --------------------------------------------------------------------------- operations
+
+
+def _adapter(hub: Hub, item: OutboxItem) -> PaymentsAdapter:
+    if _bound is None or _bound() is None:
+        bind(hub)
+    adapter = hub.adapter(item.department)
+    if not isinstance(adapter, PaymentsAdapter):
+        raise Permanent(f"department {item.department} is not a payments service")
+    return adapter
+
+
+async def deliver_intent(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
+    adapter = _adapter(hub, item)
+    if case.status is CaseStatus.CANCELLED:
+        await asyncio.to_thread(_record, hub, case.hub_id, {STATUS: "canceled"}, None)
+        return "case cancelled before payment: no intent created"
+    reference = case.attributes.get("payment_reference")
+    if reference:
+        intent = await adapter.get_intent(reference)
+    else:
+        amount = int(case.attributes["fee_amount_cents"])
+        currency = str(case.attributes["fee_currency"])
+        intent = await adapter.create_intent(
+            case.hub_id, amount, currency, description=f"311 {case.service_code} {case.hub_id}"
+        )
+    dept, config = item.department, adapter.config
+    await asyncio.to_thread(apply_intent, hub, case.hub_id, intent, "intent", dept, first=True)
+    if intent.status not in FINAL and config.max_polls > 0:
+        delay = config.poll_delay_seconds
+        await asyncio.to_thread(_schedule_poll, hub, case.hub_id, dept, 1, delay)
+    return f"payment intent {intent.id} ({intent.status})"
+
+
+async def deliver_poll(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
+    """The polling fallback for lost webhooks: a few polls, the delay doubling each time."""
+    adapter = _adapter(hub, item)
+    reference = case.attributes.get("payment_reference")
+    if not reference or case.attributes.get(STATUS) in FINAL:
+        return "nothing to poll"
+    intent = await adapter.get_intent(reference)
+    await asyncio.to_thread(apply_intent, hub, case.hub_id, intent, "poll", item.department)
+    number = int(item.payload.get("poll", 1))
+    if intent.status not in FINAL and number < adapter.config.max_polls:
+        await asyncio.to_thread(
+            _schedule_poll,
+            hub,
+            case.hub_id,
+            item.department,
+            number + 1,
+            adapter.config.poll_delay_seconds * 2**number,
+        )
+    return f"polled {intent.id}: {intent.status}"
+
+
+async def deliver_event(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
+    """A verified webhook event (queued by the webhook route)."""
+    _adapter(hub, item)
+    payload = item.payload
+    intent = PaymentIntent.model_validate(payload["intent"])
+    if payload["type"] == "charge.refunded":
+        intent = intent.model_copy(update={"status": "refunded"})
+    await asyncio.to_thread(apply_intent, hub, case.hub_id, intent, "webhook", item.department)
+    return f"{payload['type']} applied ({intent.status})"
+
+
+async def deliver_cancel(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
+    """Case cancelled: skip the held create; cancel an unpaid intent, refund a paid one."""
+    adapter = _adapter(hub, item)
+    await asyncio.to_thread(_skip_unsent, hub, case.hub_id)
+    reference = case.attributes.get("payment_reference")
+    if not reference:
+        await asyncio.to_thread(_record, hub, case.hub_id, {STATUS: "canceled"}, None)
+        return "no intent to cancel"
+    intent = await adapter.get_intent(reference)
+    if intent.status not in TERMINAL_OR_PAID:
+        try:
+            intent = await adapter.cancel_intent(reference)
+        except Permanent:  # paid in the meantime: refund below
+            intent = await adapter.get_intent(reference)
+    if intent.status == PAID:
+        refund = await adapter.refund(reference)
+        update = {STATUS: "refunded", "refund_reference": refund.id}
+        await asyncio.to_thread(_record, hub, case.hub_id, update, ("refunded", refund.id))
+        return f"refunded {refund.amount} ({refund.id})"
+    await asyncio.to_thread(_record, hub, case.hub_id, {STATUS: intent.status}, None)
+    return f"intent {reference} {intent.status}"
+
+
+# --------------------------------------------------------------------------- applying
+
+
+def apply_intent(
+    hub: Hub,
+    case_id: str,
+    intent: PaymentIntent,
+    source: str,
+    department: str,
+    *,
+    first: bool = False,
+) -> int:
+    """Record the intent's status; on success release the held create (once). Returns the
+    number of outbox rows released."""
+    from hub.store.repository import StaleCase
+
+    for _ in range(3):  # two writers (webhook + poll): the loser re-reads and sees "paid"
+        try:
+            with hub.uow() as uow:
+                released = _apply(uow, case_id, intent, source, department, first)
+                uow.commit()
+                return released
+        except StaleCase:
+            continue
+    raise Transient("case kept changing while recording the payment", retry_after=0.2)
+
+
+def _apply(
+    uow: UnitOfWork, case_id: str, intent: PaymentIntent, source: str, dept: str, first: bool
+) -> int:
+    case = uow.cases.get(case_id)
+    if case is None:
+        raise Permanent("case is gone")
+    current = case.attributes.get(STATUS)
+    new = intent.status
+    if current in ("refunded", "canceled") or (current == PAID and new != "refunded"):
+        return 0  # never regress: a late or replayed event changes nothing
+    updates: dict[str, Any] = {STATUS: new, "payment_reference": intent.id}
+    if first or not case.attributes.get("payment_url"):
+        updates["payment_url"] = intent.url
+    changed = any(case.attributes.get(k) != v for k, v in updates.items())
+    if changed:
+        _save(uow, case, updates)
+        uow.timeline.append(_event(case, *_describe(intent, source, first)))
+    if new != PAID:
+        return 0
+    if case.status is CaseStatus.CANCELLED:
+        _enqueue(uow, case_id, dept, CANCEL, suffix=":after-paid")
+        return 0
+    return _release_if_clear(uow, case)
+
+
+def _describe(intent: PaymentIntent, source: str, first: bool) -> tuple[str, str, dict]:
+    detail = {
+        "reference": intent.id,
+        "status": intent.status,
+        "amount_cents": intent.amount,
+        "currency": intent.currency,
+        "source": source,
+    }
+    if first:
+        detail["url"] = intent.url
+        return "payment_requested", f"payment requested: pay at {intent.url}", detail
+    kind = {PAID: "payment_succeeded", "refunded": "payment_refunded"}.get(
+        intent.status, "payment_status"
+    )
+    return kind, f"payment {intent.id}: {intent.status} ({source})", detail
+
+
+def _record(hub: Hub, case_id: str, updates: dict[str, Any], event: tuple | None) -> None:
+    with hub.uow() as uow:
+        case = uow.cases.get(case_id)
+        if case is None:
+            return
+        _save(uow, case, updates)
+        if event:
+            kind, reference = event
+            uow.timeline.append(
+                _event(
+                    case,
+                    f"payment_{kind}",
+                    f"payment {kind} ({reference})",
+                    {"reference": reference},
+                )
+            )
+        uow.commit()
+
+
+def _skip_unsent(hub: Hub, case_id: str) -> None:
+    """A cancelled case's held create (and what queued behind it) will never be sent."""
+    with hub.uow() as uow:
+        unsent = {
+            o.department
+            for o in uow.work_orders.for_case(case_id)
+            if o.external_id is None and o.delivery_state != DeliveryState.DELIVERED
+        }
+        for item in uow.outbox.for_case(case_id):
+            if item.department in unsent and item.state in ("held", "pending"):
+                uow.outbox.mark_skipped(item.id, reason="case cancelled before dispatch")
+        for department in unsent:
+            uow.work_orders.update(case_id, department, delivery_state=DeliveryState.CANCELLED)
+        uow.commit()
+
+
+def _schedule_poll(hub: Hub, case_id: str, department: str, number: int, delay: float) -> None:
+    with hub.uow() as uow:
+        _enqueue(
+            uow,
+            case_id,
+            department,
+            POLL,
+            suffix=f":{number}",
+            payload={"poll": number},
+            due=utcnow() + timedelta(seconds=delay),
+        )
+        uow.commit()
+
+
+def _release_if_clear(uow: UnitOfWork, case: Case) -> int:
+    if not holds_cleared(case) or case.status.is_final:
+        return 0
+    released = uow.outbox.release_held(case.hub_id)
+    for order in uow.work_orders.for_case(case.hub_id):
+        if order.delivery_state == DeliveryState.HELD:
+            uow.work_orders.update(
+                case.hub_id, order.department, delivery_state=DeliveryState.PENDING
+            )
+    if released:
+        uow.timeline.append(_event(case, "released", "fee paid: create released for dispatch"))
+    return released
+
+
+def _save(uow: UnitOfWork, case: Case, updates: dict[str, Any]) -> None:
+    version = case.version
+    case.attributes = {**case.attributes, **updates}
+    case.version += 1
+    uow.cases.save(case, expected_version=version)
+
+
+def _event(case: Case, kind: str, message: str, detail: dict | None = None) -> CaseEvent:
+    level = EventLevel.WARNING if kind in ("payment_status",) else EventLevel.INFO
+    return CaseEvent(
+        case_id=case.hub_id,
+        kind=kind,
+        actor="payments",
+        level=level,
+        department=case.department,
+        message=message,
+        detail=detail or {},
+    )
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+class WebhookRefused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def receive_webhook(hub: Hub, body: bytes, signature: str | None) -> dict[str, Any]:
+    """Verify, then queue the event once per event id. Forged or stale → WebhookRefused;
+    a replay of an event already queued → ``{"duplicate": True}`` and nothing changes."""
+    adapter = payments_adapter(hub)
+    if adapter is None:
+        raise WebhookRefused(404, "no payments department configured")
+    try:
+        adapter.verify_webhook(body, signature)
+        event = json.loads(body)
+        event_id, kind = str(event["id"]), str(event["type"])
+        obj = event["data"]["object"]
+    except WebhookInvalid as exc:
+        raise WebhookRefused(401, str(exc)) from None
+    except (ValueError, KeyError, TypeError):
+        raise WebhookRefused(400, "unreadable payment event") from None
+    intent = _intent_of(adapter, kind, obj)
+    if intent is None or not intent.case_id:
+        return {"ignored": f"{kind} is not about a 311 payment"}
+    with hub.uow() as uow:
+        if uow.cases.get(intent.case_id) is None:
+            return {"ignored": "unknown case"}
+        queued = _enqueue(
+            uow,
+            intent.case_id,
+            adapter.department,
+            EVENT,
+            suffix=f":{event_id}",
+            payload={"type": kind, "event_id": event_id, "intent": intent.model_dump(mode="json")},
+        )
+        uow.commit()
+    return {"accepted": queued, "duplicate": not queued, "event": event_id}
+
+
+def _intent_of(adapter: PaymentsAdapter, kind: str, obj: dict[str, Any]) -> PaymentIntent | None:
+    if kind.startswith("payment_intent."):
+        return adapter._intent(obj)
+    if kind == "charge.refunded" and obj.get("payment_intent"):
+        return PaymentIntent(
+            id=str(obj["payment_intent"]),
+            status="refunded",
+            amount=int(obj.get("amount") or 0),
+            currency=str(obj.get("currency") or "").upper(),
+            case_id=(obj.get("metadata") or {}).get("hub_case_id"),
+        )
+    return None
+
+
+# --------------------------------------------------------------------------- reconcile
+
+
+def payments_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
+    """The payments section of reconciliation: paid but not dispatched, dispatched but not
+    paid, refunds pending, and fee cases whose intent was never requested. ``heal``
+    releases paid holds and enqueues missing intents and refunds (never un-dispatches)."""
+    adapter = payments_adapter(hub)
+    if adapter is None:
+        return {"configured": False}
+    fee_codes = [code for code in hub.mappings.catalogue if fee_of(hub, code)]
+    found: dict[str, list[str]] = {
+        "paid_not_dispatched": [],
+        "dispatched_not_paid": [],
+        "refunds_pending": [],
+        "awaiting_without_intent": [],
+        "awaiting_payment": [],
+    }
+    with hub.uow() as uow:
+        for case in _fee_cases(uow, fee_codes):
+            _check(uow, case, adapter.department, found, heal)
+        uow.commit()
+    return {
+        "configured": True,
+        "healed": heal,
+        "counts": {k: len(v) for k, v in found.items()},
+        "cases": found,
+    }
+
+
+def _fee_cases(uow: UnitOfWork, codes: list[str]) -> list[Case]:
+    from sqlalchemy import select
+
+    from hub.store import tables as t
+
+    if not codes:
+        return []
+    ids = uow.connection.execute(
+        select(t.cases.c.hub_id).where(t.cases.c.service_code.in_(codes))
+    ).scalars()
+    return list(uow.cases.get_many(list(ids)).values())
+
+
+def _check(uow: UnitOfWork, case: Case, dept: str, found: dict, heal: bool) -> None:
+    status = case.attributes.get(STATUS)
+    orders = uow.work_orders.for_case(case.hub_id)
+    delivered = any(o.delivery_state == DeliveryState.DELIVERED for o in orders)
+    waiting = any(o.delivery_state in (DeliveryState.HELD, DeliveryState.PENDING) for o in orders)
+    ops = {i.operation for i in uow.outbox.for_case(case.hub_id)}
+    cancelled = case.status is CaseStatus.CANCELLED
+    if status is None:
+        return  # not gated (payments were not configured when it came in)
+    if status == PAID and cancelled:
+        found["refunds_pending"].append(case.hub_id)
+        if heal:
+            _enqueue(uow, case.hub_id, dept, CANCEL, suffix=":reconcile")
+    elif status == PAID and waiting and not cancelled:
+        found["paid_not_dispatched"].append(case.hub_id)
+        if heal:
+            _release_if_clear(uow, case)
+    elif status != PAID and delivered and status != "refunded":
+        found["dispatched_not_paid"].append(case.hub_id)
+    elif status == REQUIRED and INTENT not in ops and not cancelled:
+        found["awaiting_without_intent"].append(case.hub_id)
+        if heal:
+            _enqueue(uow, case.hub_id, dept, INTENT)
+    elif status not in FINAL and not cancelled:
+        found["awaiting_payment"].append(case.hub_id)
+
+
+def _register() -> None:
+    from hub.services.dispatch import register_operation
+
+    for operation, handler in (
+        (INTENT, deliver_intent),
+        (POLL, deliver_poll),
+        (EVENT, deliver_event),
+        (CANCEL, deliver_cancel),
+    ):
+        register_operation(operation, handler)
+
+
+_register()
