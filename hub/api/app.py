@@ -26,6 +26,7 @@ from hub.api.batcher import IntakeBatcher
 from hub.api.open311 import ApiState
 from hub.api.open311 import router as open311_router
 from hub.model import utcnow
+from hub.observability.http import install as install_observability
 from hub.services.apikeys import ApiKeyService
 from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
@@ -102,7 +103,7 @@ def _ready_checks(hub: Hub) -> dict[str, Any]:
 
 def _extra_routers(app: FastAPI) -> None:
     """Routers of other features living on the same app (e.g. status-sync webhooks)."""
-    for name in ("hub.api.webhooks",):
+    for name in ("hub.api.payments", "hub.api.webhooks"):  # payments before /webhooks/{dept}
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -145,6 +146,7 @@ def create_app(hub: Hub | None = None, *, max_body_bytes: int = MAX_BODY_BYTES) 
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.include_router(open311_router)
     _extra_routers(app)
+    install_observability(app, hub)  # /metrics, X-Request-ID, request metrics
 
     @app.get("/health", tags=["operations"], summary="Liveness")
     async def health() -> dict[str, str]:

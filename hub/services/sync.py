@@ -48,6 +48,7 @@ from hub.model import (
     WorkOrder,
     utcnow,
 )
+from hub.observability.metrics import record_status_events
 from hub.services.runtime import Hub
 from hub.services.status import change_status
 from hub.store import tables as t
@@ -207,6 +208,7 @@ class StatusSync:
                     raise
                 log.info("case changed under status sync of %s; retrying", department)
         self._notify(notes)
+        record_status_events(department, source, result.outcomes)
         if result.outcomes[UNMAPPED] or result.outcomes[ORPHAN]:
             log.warning("status sync %s: %s", department, result.as_dict())
         return result

@@ -1,0 +1,1 @@
+"""Operator observability: Prometheus metrics, structured JSON logs with redaction, `hub top`."""
