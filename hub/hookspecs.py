@@ -6,6 +6,11 @@ names match the specs below. Installed packages register through the entry-point
 only the arguments it needs (pluggy's opt-in arguments), so new arguments can be added
 later without breaking it.
 
+The pipeline hooks receive ``hub`` first: the running hub (configuration, mappings,
+adapters, the hub's services). A plugin that needs it takes it as a parameter; there is no
+process-global "current hub". Plugins write to the store only through ``hub.services``
+(for example :mod:`hub.services.holds`), never through units of work of their own.
+
 Hooks are synchronous. Work that needs I/O (a GIS lookup, a payment intent) belongs in an
 adapter, which the hook can hand back; the engine runs it through the outbox.
 
@@ -21,6 +26,7 @@ import pluggy
 if TYPE_CHECKING:
     from hub.adapters import Adapter
     from hub.model import Case, CaseStatus, DispatchDecision, Route, StatusEvent
+    from hub.services.runtime import Hub
 
 PROJECT = "hub"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -50,9 +56,10 @@ def hub_register_adapters() -> list[type[Adapter]]:
 
 
 @hookspec
-def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
+def hub_enrich_case(hub: Hub, case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
     """Add facts to a case before it is routed (coordinates, address, district, asset id).
 
+    :param hub: the running hub (config, mappings, adapters).
     :param case: the canonical case; read it, do not mutate it.
     :param context: shared per-intake scratch space (for example ``context["flags"]``).
     :return: a dict of fields to set on the case (``attributes`` entries are merged), or
@@ -63,9 +70,10 @@ def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | Non
 
 
 @hookspec(firstresult=True)
-def hub_choose_route(case: Case, default: Route | None) -> Route | None:
+def hub_choose_route(hub: Hub, case: Case, default: Route | None) -> Route | None:
     """Choose the department (and work-order type, priority, SLA) for a case.
 
+    ``hub`` is the running hub (config, mappings, adapters).
     Called after enrichment. ``default`` is the route from the service catalogue and the
     mapping rules (None when nothing matched). The first implementation that returns a
     :class:`hub.model.Route` wins (``firstresult``); return None to let others decide.
@@ -74,13 +82,15 @@ def hub_choose_route(case: Case, default: Route | None) -> Route | None:
 
 
 @hookspec
-def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
+def hub_before_dispatch(hub: Hub, case: Case, department: str) -> DispatchDecision | None:
     """Decide whether a routed case may be sent to its department now.
 
+    ``hub`` is the running hub (config, mappings, adapters).
     Return :class:`hub.model.DispatchDecision` with ``hold=True`` and a reason to hold it
     (for example a fee not paid yet: ``state="awaiting_payment"``); return None to let it
     go. If any implementation holds, the case waits; the holding plugin releases it later
-    through the hub's services. Called inside the intake transaction: keep it fast.
+    through the hub's services (:mod:`hub.services.holds`). Called inside the intake
+    transaction: keep it fast.
     """
 
 
@@ -89,10 +99,11 @@ def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
 
 @hookspec
 def hub_on_status_change(
-    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+    hub: Hub, case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
 ) -> None:
     """React to a canonical status change of a case (notify a CRM, send a message).
 
+    :param hub: the running hub; durable follow-ups go through its services (the outbox).
     :param case: the case after the change (closure and evidence included).
     :param old: the status before.
     :param new: the status after.

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from adapters.gis.adapter import GisAdapter, GisConfig
 from adapters.gis.plugin import (
-    bind,
     enrichment_report,
     hub_before_dispatch,
     hub_enrich_case,
@@ -19,7 +18,6 @@ from hub.hookspecs import hookimpl
 __all__ = [
     "GisAdapter",
     "GisConfig",
-    "bind",
     "hub_before_dispatch",
     "hub_enrich_case",
     "hub_on_status_change",

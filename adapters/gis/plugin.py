@@ -31,22 +31,19 @@ A GIS that stays down: after ``max_hold_seconds`` (or the last attempt, or a per
 error) the held create is released on the service-code route (``gis_status: unavailable``)
 and enrichment keeps retrying for the record.
 
-Releasing obeys every hold, not only ours: the create is released only when no fee is
-unpaid (``attributes.payment_status`` absent or ``succeeded``) and the GIS is not awaited.
+Releasing obeys every hold, not only ours: :mod:`hub.services.holds` releases the create
+only when no plugin's ``hub_before_dispatch`` holds the case any more (no fee unpaid, the
+GIS not awaited). The plugin never touches the store: every write goes through that service.
 
-Hooks get no hub handle; a process binds one with :func:`bind` (the harness and the API do;
-the worker's binding of the CRM-callback plugin is used as a fallback).
+The hooks take the running hub as their ``hub`` argument.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-
-from sqlalchemy import or_, update
 
 from adapters.gis.adapter import STATUS_FIELD, GisAdapter
 from hub.adapters import DeliveryError, Permanent, Transient
@@ -55,7 +52,6 @@ from hub.model import (
     Case,
     CaseEvent,
     CaseStatus,
-    DeliveryState,
     DispatchDecision,
     EventLevel,
     Route,
@@ -63,11 +59,11 @@ from hub.model import (
     as_utc,
     utcnow,
 )
+from hub.services import holds
 
 if TYPE_CHECKING:
+    from hub.services.holds import CaseSession, OutboxItem
     from hub.services.runtime import Hub
-    from hub.store.repository import OutboxItem
-    from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +72,6 @@ AWAITING, PENDING, DONE, UNAVAILABLE = "awaiting", "pending", "done", "unavailab
 FLAG = "enrichment_pending"
 HOLD_STATE = "awaiting_enrichment"
 LOCATION_FIELDS = {"lat", "long", "address_string", "zipcode", "attributes.asset_id"}
-
-_bound: weakref.ref | None = None
-
-
-def bind(hub: Hub) -> None:
-    """Make `hub` the one this process's GIS hooks read config and caches from."""
-    global _bound
-    _bound = weakref.ref(hub)
-
-
-def bound_hub() -> Hub | None:
-    hub = _bound() if _bound is not None else None
-    if hub is None:
-        from hub.builtins.crm_callback import bound_hub as crm_bound
-
-        hub = crm_bound()
-    return hub
 
 
 def gis_adapter(hub: Hub | None) -> GisAdapter | None:
@@ -106,18 +85,11 @@ def gis_adapter(hub: Hub | None) -> GisAdapter | None:
     return None
 
 
-def holds_cleared(case: Case) -> bool:
-    """The shared hold convention (the payments plugin keeps the same rule)."""
-    payment = case.attributes.get("payment_status")
-    return case.attributes.get(STATUS_FIELD) != AWAITING and payment in (None, "succeeded")
-
-
 # --------------------------------------------------------------------------- hooks
 
 
 @hookimpl
-def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
-    hub = bound_hub()
+def hub_enrich_case(hub: Hub, case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
     gis = gis_adapter(hub)
     if gis is None or case.attributes.get(STATUS_FIELD) == DONE:
         return None
@@ -147,29 +119,27 @@ def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
 
 @hookimpl
 def hub_on_status_change(
-    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+    hub: Hub, case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
 ) -> None:
     if new is not CaseStatus.ROUTED or case.attributes.get(STATUS_FIELD) not in (AWAITING, PENDING):
         return
-    hub = bound_hub()
     gis = gis_adapter(hub)
-    if hub is None or gis is None:
+    if gis is None:
         return
     try:
-        with hub.uow() as uow:
-            enqueue_enrich(uow, case.hub_id, gis.department)
-            uow.commit()
+        enqueue_enrich(hub, case.hub_id, gis.department)
     except Exception:  # a missed enqueue is found again by enrichment_report(heal=True)
         log.exception("could not enqueue GIS enrichment for case %s", case.hub_id)
 
 
-def enqueue_enrich(uow: UnitOfWork, case_id: str, department: str) -> bool:
-    return uow.outbox.enqueue(
-        case_id=case_id,
-        department=department,
-        operation=ENRICH,
-        idempotency_key=f"{case_id}:{department}:{ENRICH}",
+def enqueue_enrich(hub: Hub, case_id: str, department: str) -> bool:
+    return holds.enqueue_operation(
+        hub, case_id, department, ENRICH, key=_enrich_key(case_id, department)
     )
+
+
+def _enrich_key(case_id: str, department: str) -> str:
+    return f"{case_id}:{department}:{ENRICH}"
 
 
 def _must_wait(hub: Hub | None, gis: GisAdapter, case: Case) -> bool:
@@ -189,8 +159,6 @@ def _must_wait(hub: Hub | None, gis: GisAdapter, case: Case) -> bool:
 
 async def deliver_enrich(hub: Hub, item: OutboxItem, case: Case, order: Any) -> str:
     """Outbox handler of ``enrich``: ask the GIS, then apply (see the module doc)."""
-    if _bound is None or _bound() is None:
-        bind(hub)
     adapter = hub.adapter(item.department)
     if not isinstance(adapter, GisAdapter):
         raise Permanent(f"department {item.department} is not a GIS")
@@ -213,16 +181,15 @@ def _enqueue_again(hub: Hub, case_id: str, department: str, round_: int) -> None
     would count toward its circuit breaker). Lookups then come from the cache."""
     if round_ > 50:
         raise Permanent("create stayed in flight too long; enrichment abandoned")
-    with hub.uow() as uow:
-        uow.outbox.enqueue(
-            case_id=case_id,
-            department=department,
-            operation=ENRICH,
-            idempotency_key=f"{case_id}:{department}:{ENRICH}:{round_}",
-            payload={"round": round_},
-            due=utcnow() + timedelta(seconds=0.5),
-        )
-        uow.commit()
+    holds.enqueue_operation(
+        hub,
+        case_id,
+        department,
+        ENRICH,
+        key=f"{case_id}:{department}:{ENRICH}:{round_}",
+        payload={"round": round_},
+        due=utcnow() + timedelta(seconds=0.5),
+    )
 
 
 def _give_up_holding(hub: Hub, item: OutboxItem, adapter: GisAdapter, error: Exception) -> bool:
@@ -234,12 +201,12 @@ def _give_up_holding(hub: Hub, item: OutboxItem, adapter: GisAdapter, error: Exc
 
 def release_unenriched(hub: Hub, case_id: str, reason: str) -> int:
     """Stop holding for the GIS: dispatch on the service-code route."""
-    with hub.uow() as uow:
-        case = uow.cases.get(case_id)
+    with holds.case_session(hub) as session:
+        case = session.case(case_id)
         if case is None or case.attributes.get(STATUS_FIELD) != AWAITING:
             return 0
-        _save_attributes(uow, case, {STATUS_FIELD: UNAVAILABLE})
-        uow.timeline.append(
+        session.update_attributes(case, {STATUS_FIELD: UNAVAILABLE})
+        session.log(
             _event(
                 case,
                 "enrichment_unavailable",
@@ -247,8 +214,8 @@ def release_unenriched(hub: Hub, case_id: str, reason: str) -> int:
                 f"GIS unavailable ({reason}): dispatched on the service-code route",
             )
         )
-        released = _release_if_clear(uow, case)
-        uow.commit()
+        released = _release_if_clear(session, case)
+        session.commit()
         return released
 
 
@@ -259,21 +226,19 @@ class _CreateInFlight(Exception):
 def apply_enrichment(hub: Hub, case_id: str, changes: dict[str, Any]) -> str | None:
     """Write the GIS facts and correct the route while the create is still unsent.
     None: the create is in flight (a case write now would race its settlement)."""
-    from hub.store.repository import StaleCase
-
     try:
-        with hub.uow() as uow:
-            message = _apply(hub, uow, case_id, changes)
-            uow.commit()
+        with holds.case_session(hub) as session:
+            message = _apply(hub, session, case_id, changes)
+            session.commit()
             return message
     except _CreateInFlight:
         return None
-    except StaleCase:
+    except holds.CaseChanged:
         raise Transient("case changed while enriching; will apply again", retry_after=0.2) from None
 
 
-def _apply(hub: Hub, uow: UnitOfWork, case_id: str, changes: dict[str, Any]) -> str:
-    case = uow.cases.get(case_id)
+def _apply(hub: Hub, session: CaseSession, case_id: str, changes: dict[str, Any]) -> str:
+    case = session.case(case_id)
     if case is None:
         raise Permanent("case is gone")
     if case.attributes.get(STATUS_FIELD) == DONE:
@@ -281,20 +246,20 @@ def _apply(hub: Hub, uow: UnitOfWork, case_id: str, changes: dict[str, Any]) -> 
     held_for_us = case.attributes.get(STATUS_FIELD) == AWAITING
     version = case.version
     filled = _merge(case, changes)
-    create = _create_row(uow, case)
+    create = _create_row(session, case)
     note = "no route to correct"
     if case.department is not None and create is not None:
-        if not _lock_idle(uow, create):
+        if not session.claim_if_idle(create):
             raise _CreateInFlight
-        note = _correct_route(hub, uow, case, uow.outbox.get(create.id) or create)
+        note = _correct_route(hub, session, case, session.delivery(create.id) or create)
     case.version += 1
-    uow.cases.save(case, expected_version=version)
-    uow.timeline.append(
+    session.save_case(case, expected_version=version)
+    session.log(
         _event(
             case, "enriched", EventLevel.INFO, f"GIS enrichment: {note}", detail={"fields": filled}
         )
     )
-    released = _release_if_clear(uow, case) if held_for_us else 0
+    released = _release_if_clear(session, case) if held_for_us else 0
     return f"enriched ({', '.join(filled) or 'nothing new'}); {note}" + (
         "; create released" if released else ""
     )
@@ -319,23 +284,23 @@ def _merge(case: Case, changes: dict[str, Any]) -> list[str]:
     return sorted(filled)
 
 
-def _create_row(uow: UnitOfWork, case: Case) -> OutboxItem | None:
+def _create_row(session: CaseSession, case: Case) -> OutboxItem | None:
     return next(
         (
             item
-            for item in uow.outbox.for_case(case.hub_id)
+            for item in session.deliveries(case.hub_id)
             if item.operation == "create" and item.department == case.department
         ),
         None,
     )
 
 
-def _correct_route(hub: Hub, uow: UnitOfWork, case: Case, create: OutboxItem) -> str:
+def _correct_route(hub: Hub, session: CaseSession, case: Case, create: OutboxItem) -> str:
     route = _route(hub, case)
     if route is None or _same(case, route):
         return f"route unchanged ({case.department}/{case.team or '-'})"
     if create.attempts or create.state not in ("pending", "held"):
-        uow.timeline.append(
+        session.log(
             _event(
                 case,
                 "route_differs",
@@ -348,10 +313,11 @@ def _correct_route(hub: Hub, uow: UnitOfWork, case: Case, create: OutboxItem) ->
         return "route differs, create already sent (not moved)"
     old = f"{case.department}/{case.team or '-'}"
     if route.department != case.department:
-        _move_create(uow, case, create, route.department)
+        reason = f"rerouted by GIS to {route.department}"
+        session.move_unsent_create(case, create, route.department, reason)
     _apply_route(case, route)
-    uow.work_orders.update(case.hub_id, case.department, work_order_type=route.work_order_type)
-    uow.timeline.append(
+    session.update_work_order(case.hub_id, case.department, work_order_type=route.work_order_type)
+    session.log(
         _event(
             case,
             "route_corrected",
@@ -365,7 +331,7 @@ def _correct_route(hub: Hub, uow: UnitOfWork, case: Case, create: OutboxItem) ->
 
 def _route(hub: Hub, case: Case) -> Route | None:
     default = hub.mappings.route(case)
-    return hub.pm.hook.hub_choose_route(case=case, default=default)
+    return hub.pm.hook.hub_choose_route(hub=hub, case=case, default=default)
 
 
 def _same(case: Case, route: Route) -> bool:
@@ -374,36 +340,6 @@ def _same(case: Case, route: Route) -> bool:
         case.team,
         case.work_order_type,
     ) and (route.priority is None or route.priority == case.priority)
-
-
-def _lock_idle(uow: UnitOfWork, create: OutboxItem) -> bool:
-    """Guarded touch of the create row: true if no worker holds its lease. The UPDATE's row
-    lock (PostgreSQL) / write lock (SQLite) keeps workers from claiming it until this
-    transaction commits, so what we then read about it stays true while we decide."""
-    from hub.store import tables as t
-
-    now = utcnow()
-    o = t.outbox.c
-    result = uow.connection.execute(
-        update(t.outbox)
-        .where(o.id == create.id, or_(o.locked_until.is_(None), o.locked_until < now))
-        .values(updated_at=now)
-    )
-    return result.rowcount == 1
-
-
-def _move_create(uow: UnitOfWork, case: Case, create: OutboxItem, department: str) -> None:
-    from hub.services.intake import create_key
-
-    uow.outbox.mark_skipped(create.id, reason=f"rerouted by GIS to {department}")
-    uow.work_orders.update(case.hub_id, case.department, department=department)
-    uow.outbox.enqueue(
-        case_id=case.hub_id,
-        department=department,
-        operation="create",
-        idempotency_key=create_key(case.hub_id, department),
-        state=create.state,
-    )
 
 
 def _apply_route(case: Case, route: Route) -> None:
@@ -416,27 +352,10 @@ def _apply_route(case: Case, route: Route) -> None:
         case.sla_due = case.requested_datetime + timedelta(hours=route.sla_hours)
 
 
-def _release_if_clear(uow: UnitOfWork, case: Case) -> int:
-    if not holds_cleared(case) or case.status.is_final:
-        return 0
-    released = uow.outbox.release_held(case.hub_id)
-    for order in uow.work_orders.for_case(case.hub_id):
-        if order.delivery_state == DeliveryState.HELD:
-            uow.work_orders.update(
-                case.hub_id, order.department, delivery_state=DeliveryState.PENDING
-            )
-    if released:
-        uow.timeline.append(
-            _event(case, "released", EventLevel.INFO, "no hold left: create released for dispatch")
-        )
-    return released
-
-
-def _save_attributes(uow: UnitOfWork, case: Case, attributes: dict[str, Any]) -> None:
-    version = case.version
-    case.attributes = {**case.attributes, **attributes}
-    case.version += 1
-    uow.cases.save(case, expected_version=version)
+def _release_if_clear(session: CaseSession, case: Case) -> int:
+    return session.release_if_unheld(
+        case, actor="gis", message="no hold left: create released for dispatch"
+    )
 
 
 def _event(
@@ -459,27 +378,21 @@ def _event(
 def enrichment_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
     """Cases waiting for the GIS with no ``enrich`` row (an enqueue lost to a crash between
     intake's commit and the hook); ``heal`` enqueues them."""
-    from sqlalchemy import select
-
-    from hub.store import tables as t
-
     gis = gis_adapter(hub)
     if gis is None:
         return {"configured": False}
     orphans: list[str] = []
-    with hub.uow() as uow:
-        held = uow.connection.execute(
-            select(t.outbox.c.case_id).where(t.outbox.c.state == "held").distinct()
-        ).scalars()
-        for case_id in held:
-            case = uow.cases.get(case_id)
+    with holds.case_session(hub) as session:
+        for case_id in session.held_case_ids():
+            case = session.case(case_id)
             if case is None or case.attributes.get(STATUS_FIELD) != AWAITING:
                 continue
-            if not any(i.operation == ENRICH for i in uow.outbox.for_case(case_id)):
+            if not any(i.operation == ENRICH for i in session.deliveries(case_id)):
                 orphans.append(case_id)
                 if heal:
-                    enqueue_enrich(uow, case_id, gis.department)
-        uow.commit()
+                    key = _enrich_key(case_id, gis.department)
+                    session.enqueue(case_id, gis.department, ENRICH, key=key)
+        session.commit()
     return {"configured": True, "awaiting_without_job": orphans, "healed": heal}
 
 

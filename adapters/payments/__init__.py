@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from adapters.payments.adapter import PaymentIntent, PaymentsAdapter, PaymentsConfig
 from adapters.payments.plugin import (
-    bind,
     hub_before_dispatch,
     hub_enrich_case,
     hub_on_status_change,
@@ -22,7 +21,6 @@ __all__ = [
     "PaymentIntent",
     "PaymentsAdapter",
     "PaymentsConfig",
-    "bind",
     "hub_before_dispatch",
     "hub_enrich_case",
     "hub_on_status_change",

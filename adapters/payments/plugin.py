@@ -11,14 +11,16 @@ Flow (docs/adapters/payments.md):
    stores ``payment_reference``/``payment_url`` on the case and schedules a status poll;
 4. the result arrives by signed webhook (``POST /webhooks/payments`` → one ``payment_event``
    row per event id: a replay is a duplicate key and changes nothing) or by the poll;
-5. on success the held create is released with ``OutboxRepository.release_held`` in the
-   same transaction that records the payment; the stored status makes it happen once;
+5. on success the held create is released (``CaseSession.release_if_unheld`` of
+   :mod:`hub.services.holds`) in the same transaction that records the payment; the
+   stored status makes it happen once;
 6. ``hub_on_status_change`` (cancelled) enqueues ``payment_cancel``: an unpaid intent is
    cancelled, a paid one refunded (a cancelled case was never served), and the held create
    is skipped so nothing reaches the department.
 
-Release obeys every hold (the GIS plugin keeps the same convention): only when no fee is
-unpaid and ``attributes.gis_status`` is not ``awaiting``.
+Release obeys every hold: :mod:`hub.services.holds` releases the create only when no
+plugin's ``hub_before_dispatch`` holds the case any more (no fee unpaid, GIS not awaited).
+The plugin never touches the store: every write goes through that service.
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import weakref
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -48,11 +49,11 @@ from hub.model import (
     StatusEvent,
     utcnow,
 )
+from hub.services import holds
 
 if TYPE_CHECKING:
+    from hub.services.holds import CaseSession, OutboxItem
     from hub.services.runtime import Hub
-    from hub.store.repository import OutboxItem
-    from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +63,6 @@ HOLD_STATE = "awaiting_payment"
 INTENT, POLL, EVENT, CANCEL = "payment_intent", "payment_poll", "payment_event", "payment_cancel"
 FINAL = {PAID, "refunded", "canceled"}
 TERMINAL_OR_PAID = {PAID, "canceled"}
-
-_bound: weakref.ref | None = None
-
-
-def bind(hub: Hub) -> None:
-    """Make `hub` the one this process's payment hooks read the catalogue and config of."""
-    global _bound
-    _bound = weakref.ref(hub)
-
-
-def bound_hub() -> Hub | None:
-    hub = _bound() if _bound is not None else None
-    if hub is None:
-        from hub.builtins.crm_callback import bound_hub as crm_bound
-
-        hub = crm_bound()
-    return hub
 
 
 def payments_adapter(hub: Hub | None) -> PaymentsAdapter | None:
@@ -97,20 +81,11 @@ def fee_of(hub: Hub, service_code: str) -> tuple[int, str] | None:
     return (fee.amount_cents, fee.currency) if fee else None
 
 
-def holds_cleared(case: Case) -> bool:
-    """The shared hold convention (the GIS plugin keeps the same rule)."""
-    return case.attributes.get("gis_status") != "awaiting" and case.attributes.get(STATUS) in (
-        None,
-        PAID,
-    )
-
-
 # --------------------------------------------------------------------------- hooks
 
 
 @hookimpl
-def hub_enrich_case(case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
-    hub = bound_hub()
+def hub_enrich_case(hub: Hub, case: Case, context: dict[str, Any]) -> dict[str, Any] | None:
     if STATUS in case.attributes or payments_adapter(hub) is None:
         return None
     fee = fee_of(hub, case.service_code)  # type: ignore[arg-type]
@@ -137,28 +112,29 @@ def hub_before_dispatch(case: Case, department: str) -> DispatchDecision | None:
 
 @hookimpl
 def hub_on_status_change(
-    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+    hub: Hub, case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
 ) -> None:
     status = case.attributes.get(STATUS)
     if status is None or new not in (CaseStatus.ROUTED, CaseStatus.CANCELLED):
         return
-    hub = bound_hub()
     adapter = payments_adapter(hub)
-    if hub is None or adapter is None:
+    if adapter is None:
         return
     operation = INTENT if new is CaseStatus.ROUTED else CANCEL
     if operation == INTENT and status != REQUIRED:
         return
     try:
-        with hub.uow() as uow:
-            _enqueue(uow, case.hub_id, adapter.department, operation)
-            uow.commit()
+        _enqueue(hub, case.hub_id, adapter.department, operation)
     except Exception:  # found again by payments_report(heal=True)
         log.exception("could not enqueue %s for case %s", operation, case.hub_id)
 
 
+def _key(case_id: str, department: str, operation: str, suffix: str = "") -> str:
+    return f"{case_id}:{department}:{operation}{suffix}"[:160]
+
+
 def _enqueue(
-    uow: UnitOfWork,
+    hub: Hub,
     case_id: str,
     department: str,
     operation: str,
@@ -167,22 +143,23 @@ def _enqueue(
     payload: dict[str, Any] | None = None,
     due: Any = None,
 ) -> bool:
-    return uow.outbox.enqueue(
-        case_id=case_id,
-        department=department,
-        operation=operation,
-        idempotency_key=f"{case_id}:{department}:{operation}{suffix}"[:160],
-        payload=payload,
-        due=due,
+    key = _key(case_id, department, operation, suffix)
+    return holds.enqueue_operation(
+        hub, case_id, department, operation, key=key, payload=payload, due=due
     )
+
+
+def _enqueue_in(
+    session: CaseSession, case_id: str, department: str, operation: str, *, suffix: str = ""
+) -> bool:
+    key = _key(case_id, department, operation, suffix)
+    return session.enqueue(case_id, department, operation, key=key)
 
 
 # --------------------------------------------------------------------------- operations
 
 
 def _adapter(hub: Hub, item: OutboxItem) -> PaymentsAdapter:
-    if _bound is None or _bound() is None:
-        bind(hub)
     adapter = hub.adapter(item.department)
     if not isinstance(adapter, PaymentsAdapter):
         raise Permanent(f"department {item.department} is not a payments service")
@@ -280,23 +257,26 @@ def apply_intent(
 ) -> int:
     """Record the intent's status; on success release the held create (once). Returns the
     number of outbox rows released."""
-    from hub.store.repository import StaleCase
-
     for _ in range(3):  # two writers (webhook + poll): the loser re-reads and sees "paid"
         try:
-            with hub.uow() as uow:
-                released = _apply(uow, case_id, intent, source, department, first)
-                uow.commit()
+            with holds.case_session(hub) as session:
+                released = _apply(session, case_id, intent, source, department, first)
+                session.commit()
                 return released
-        except StaleCase:
+        except holds.CaseChanged:
             continue
     raise Transient("case kept changing while recording the payment", retry_after=0.2)
 
 
 def _apply(
-    uow: UnitOfWork, case_id: str, intent: PaymentIntent, source: str, dept: str, first: bool
+    session: CaseSession,
+    case_id: str,
+    intent: PaymentIntent,
+    source: str,
+    dept: str,
+    first: bool,
 ) -> int:
-    case = uow.cases.get(case_id)
+    case = session.case(case_id)
     if case is None:
         raise Permanent("case is gone")
     current = case.attributes.get(STATUS)
@@ -308,14 +288,14 @@ def _apply(
         updates["payment_url"] = intent.url
     changed = any(case.attributes.get(k) != v for k, v in updates.items())
     if changed:
-        _save(uow, case, updates)
-        uow.timeline.append(_event(case, *_describe(intent, source, first)))
+        session.update_attributes(case, updates)
+        session.log(_event(case, *_describe(intent, source, first)))
     if new != PAID:
         return 0
     if case.status is CaseStatus.CANCELLED:
-        _enqueue(uow, case_id, dept, CANCEL, suffix=":after-paid")
+        _enqueue_in(session, case_id, dept, CANCEL, suffix=":after-paid")
         return 0
-    return _release_if_clear(uow, case)
+    return _release_if_clear(session, case)
 
 
 def _describe(intent: PaymentIntent, source: str, first: bool) -> tuple[str, str, dict]:
@@ -336,73 +316,36 @@ def _describe(intent: PaymentIntent, source: str, first: bool) -> tuple[str, str
 
 
 def _record(hub: Hub, case_id: str, updates: dict[str, Any], event: tuple | None) -> None:
-    with hub.uow() as uow:
-        case = uow.cases.get(case_id)
-        if case is None:
-            return
-        _save(uow, case, updates)
-        if event:
-            kind, reference = event
-            uow.timeline.append(
-                _event(
-                    case,
-                    f"payment_{kind}",
-                    f"payment {kind} ({reference})",
-                    {"reference": reference},
-                )
-            )
-        uow.commit()
+    def describe(case: Case) -> CaseEvent:
+        kind, reference = event
+        return _event(
+            case, f"payment_{kind}", f"payment {kind} ({reference})", {"reference": reference}
+        )
+
+    holds.update_case_attributes(hub, case_id, updates, event=describe if event else None)
 
 
 def _skip_unsent(hub: Hub, case_id: str) -> None:
     """A cancelled case's held create (and what queued behind it) will never be sent."""
-    with hub.uow() as uow:
-        unsent = {
-            o.department
-            for o in uow.work_orders.for_case(case_id)
-            if o.external_id is None and o.delivery_state != DeliveryState.DELIVERED
-        }
-        for item in uow.outbox.for_case(case_id):
-            if item.department in unsent and item.state in ("held", "pending"):
-                uow.outbox.mark_skipped(item.id, reason="case cancelled before dispatch")
-        for department in unsent:
-            uow.work_orders.update(case_id, department, delivery_state=DeliveryState.CANCELLED)
-        uow.commit()
+    holds.cancel_undispatched(hub, case_id, reason="case cancelled before dispatch")
 
 
 def _schedule_poll(hub: Hub, case_id: str, department: str, number: int, delay: float) -> None:
-    with hub.uow() as uow:
-        _enqueue(
-            uow,
-            case_id,
-            department,
-            POLL,
-            suffix=f":{number}",
-            payload={"poll": number},
-            due=utcnow() + timedelta(seconds=delay),
-        )
-        uow.commit()
+    _enqueue(
+        hub,
+        case_id,
+        department,
+        POLL,
+        suffix=f":{number}",
+        payload={"poll": number},
+        due=utcnow() + timedelta(seconds=delay),
+    )
 
 
-def _release_if_clear(uow: UnitOfWork, case: Case) -> int:
-    if not holds_cleared(case) or case.status.is_final:
-        return 0
-    released = uow.outbox.release_held(case.hub_id)
-    for order in uow.work_orders.for_case(case.hub_id):
-        if order.delivery_state == DeliveryState.HELD:
-            uow.work_orders.update(
-                case.hub_id, order.department, delivery_state=DeliveryState.PENDING
-            )
-    if released:
-        uow.timeline.append(_event(case, "released", "fee paid: create released for dispatch"))
-    return released
-
-
-def _save(uow: UnitOfWork, case: Case, updates: dict[str, Any]) -> None:
-    version = case.version
-    case.attributes = {**case.attributes, **updates}
-    case.version += 1
-    uow.cases.save(case, expected_version=version)
+def _release_if_clear(session: CaseSession, case: Case) -> int:
+    return session.release_if_unheld(
+        case, actor="payments", message="fee paid: create released for dispatch"
+    )
 
 
 def _event(case: Case, kind: str, message: str, detail: dict | None = None) -> CaseEvent:
@@ -445,18 +388,17 @@ def receive_webhook(hub: Hub, body: bytes, signature: str | None) -> dict[str, A
     intent = _intent_of(adapter, kind, obj)
     if intent is None or not intent.case_id:
         return {"ignored": f"{kind} is not about a 311 payment"}
-    with hub.uow() as uow:
-        if uow.cases.get(intent.case_id) is None:
+    with holds.case_session(hub) as session:
+        if session.case(intent.case_id) is None:
             return {"ignored": "unknown case"}
-        queued = _enqueue(
-            uow,
+        queued = session.enqueue(
             intent.case_id,
             adapter.department,
             EVENT,
-            suffix=f":{event_id}",
+            key=_key(intent.case_id, adapter.department, EVENT, f":{event_id}"),
             payload={"type": kind, "event_id": event_id, "intent": intent.model_dump(mode="json")},
         )
-        uow.commit()
+        session.commit()
     return {"accepted": queued, "duplicate": not queued, "event": event_id}
 
 
@@ -492,10 +434,10 @@ def payments_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
         "awaiting_without_intent": [],
         "awaiting_payment": [],
     }
-    with hub.uow() as uow:
-        for case in _fee_cases(uow, fee_codes):
-            _check(uow, case, adapter.department, found, heal)
-        uow.commit()
+    with holds.case_session(hub) as session:
+        for case in _fee_cases(session, fee_codes):
+            _check(session, case, adapter.department, found, heal)
+        session.commit()
     return {
         "configured": True,
         "healed": heal,
@@ -504,42 +446,35 @@ def payments_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
     }
 
 
-def _fee_cases(uow: UnitOfWork, codes: list[str]) -> list[Case]:
-    from sqlalchemy import select
-
-    from hub.store import tables as t
-
+def _fee_cases(session: CaseSession, codes: list[str]) -> list[Case]:
     if not codes:
         return []
-    ids = uow.connection.execute(
-        select(t.cases.c.hub_id).where(t.cases.c.service_code.in_(codes))
-    ).scalars()
-    return list(uow.cases.get_many(list(ids)).values())
+    return list(session.cases(session.case_ids_for_services(codes)).values())
 
 
-def _check(uow: UnitOfWork, case: Case, dept: str, found: dict, heal: bool) -> None:
+def _check(session: CaseSession, case: Case, dept: str, found: dict, heal: bool) -> None:
     status = case.attributes.get(STATUS)
-    orders = uow.work_orders.for_case(case.hub_id)
+    orders = session.work_orders(case.hub_id)
     delivered = any(o.delivery_state == DeliveryState.DELIVERED for o in orders)
     waiting = any(o.delivery_state in (DeliveryState.HELD, DeliveryState.PENDING) for o in orders)
-    ops = {i.operation for i in uow.outbox.for_case(case.hub_id)}
+    ops = {i.operation for i in session.deliveries(case.hub_id)}
     cancelled = case.status is CaseStatus.CANCELLED
     if status is None:
         return  # not gated (payments were not configured when it came in)
     if status == PAID and cancelled:
         found["refunds_pending"].append(case.hub_id)
         if heal:
-            _enqueue(uow, case.hub_id, dept, CANCEL, suffix=":reconcile")
+            _enqueue_in(session, case.hub_id, dept, CANCEL, suffix=":reconcile")
     elif status == PAID and waiting and not cancelled:
         found["paid_not_dispatched"].append(case.hub_id)
         if heal:
-            _release_if_clear(uow, case)
+            _release_if_clear(session, case)
     elif status != PAID and delivered and status != "refunded":
         found["dispatched_not_paid"].append(case.hub_id)
     elif status == REQUIRED and INTENT not in ops and not cancelled:
         found["awaiting_without_intent"].append(case.hub_id)
         if heal:
-            _enqueue(uow, case.hub_id, dept, INTENT)
+            _enqueue_in(session, case.hub_id, dept, INTENT)
     elif status not in FINAL and not cancelled:
         found["awaiting_payment"].append(case.hub_id)
 

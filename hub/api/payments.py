@@ -4,18 +4,13 @@ Verification and queuing live in :mod:`adapters.payments.plugin`; this is the HT
 The raw body is read before anything parses it (the signature covers the exact bytes).
 Answers: 200 ``{"accepted": true}`` (queued) or ``{"duplicate": true}`` (this event id was
 seen: nothing changes), 401 forged/stale/unsigned, 400 unreadable, 404 no payments service.
-
-The router's lifespan binds the app's hub to the plugins that need one in their hooks
-(the GIS and payment gates run inside intake, where hooks get no hub handle).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -24,18 +19,7 @@ log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Stripe-Signature"
 
 
-@asynccontextmanager
-async def _bind_plugins(app: FastAPI) -> AsyncIterator[None]:
-    hub = getattr(app.state, "hub", None)
-    if hub is not None:
-        for plugin in hub.pm.get_plugins():
-            bind = getattr(plugin, "bind", None)
-            if callable(bind):
-                bind(hub)
-    yield
-
-
-router = APIRouter(tags=["payments"], lifespan=_bind_plugins)
+router = APIRouter(tags=["payments"])
 
 
 @router.post("/webhooks/payments", summary="Payment notification (Stripe-Signature)")

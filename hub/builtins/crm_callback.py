@@ -9,16 +9,14 @@ The POST body is JSON, signed exactly like inbound webhooks (``X-Hub-Signature: 
 with the secret of the ``crm_callback`` config section, and carries ``Idempotency-Key``
 (one per status change) so the CRM can drop a repeat after a timeout.
 
-Hooks receive no handle to the hub, so a process binds its hub with :func:`bind` (the
-hub's services and the ``hub worker``/``hub serve`` entry points do); with nothing bound
-or no ``crm_callback`` section the hook does nothing.
+The hook gets the running hub as its ``hub`` argument; with no ``crm_callback`` section
+it does nothing.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -40,18 +38,6 @@ if TYPE_CHECKING:
     from hub.store.repository import OutboxItem
 
 log = logging.getLogger(__name__)
-
-_bound: weakref.ref | None = None
-
-
-def bind(hub: Hub) -> None:
-    """Make `hub` the one whose outbox receives this process's callbacks."""
-    global _bound
-    _bound = weakref.ref(hub)
-
-
-def bound_hub() -> Hub | None:
-    return _bound() if _bound is not None else None
 
 
 def callback_key(case: Case, new: CaseStatus) -> str:
@@ -79,11 +65,10 @@ def payload(case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | N
 
 @hookimpl
 def hub_on_status_change(
-    case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
+    hub: Hub, case: Case, old: CaseStatus, new: CaseStatus, event: StatusEvent | None
 ) -> None:
-    hub = bound_hub()
-    config = hub.config.crm_callback if hub is not None else None
-    if hub is None or config is None or not config.enabled:
+    config = hub.config.crm_callback
+    if config is None or not config.enabled:
         return
     with hub.uow() as uow:
         uow.outbox.enqueue(

@@ -172,7 +172,7 @@ class IntakeService:
     def _enrich(self, case: Case) -> list[CaseEvent]:
         context: dict[str, Any] = {"flags": []}
         events = []
-        for changes in self.hub.pm.hook.hub_enrich_case(case=case, context=context):
+        for changes in self.hub.pm.hook.hub_enrich_case(hub=self.hub, case=case, context=context):
             if not changes:
                 continue
             attributes = changes.pop("attributes", None)
@@ -190,7 +190,7 @@ class IntakeService:
 
     def _route(self, case: Case) -> Route | None:
         default = self.hub.mappings.route(case)
-        return self.hub.pm.hook.hub_choose_route(case=case, default=default)
+        return self.hub.pm.hook.hub_choose_route(hub=self.hub, case=case, default=default)
 
     @staticmethod
     def _apply_route(case: Case, route: Route) -> None:
@@ -203,12 +203,16 @@ class IntakeService:
             case.sla_due = case.requested_datetime + timedelta(hours=route.sla_hours)
 
     def _before_dispatch(self, case: Case, department: str) -> DispatchDecision | None:
-        decisions = self.hub.pm.hook.hub_before_dispatch(case=case, department=department)
+        decisions = self.hub.pm.hook.hub_before_dispatch(
+            hub=self.hub, case=case, department=department
+        )
         return next((d for d in decisions if d is not None and d.hold), None)
 
     def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
         try:
-            self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=None)
+            self.hub.pm.hook.hub_on_status_change(
+                hub=self.hub, case=case, old=old, new=new, event=None
+            )
         except Exception:  # a broken listener must not fail an accepted case
             log.exception("on_status_change hook failed for case %s", case.hub_id)
 

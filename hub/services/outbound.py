@@ -66,10 +66,7 @@ def can_deliver(adapter: Adapter, operation: str) -> bool:
 
 class OutboundService:
     def __init__(self, hub: Hub) -> None:
-        from hub.builtins.crm_callback import bind
-
         self.hub = hub
-        bind(hub)
 
     def add_note(
         self,
@@ -232,7 +229,9 @@ class OutboundService:
 
     def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
         try:
-            self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=None)
+            self.hub.pm.hook.hub_on_status_change(
+                hub=self.hub, case=case, old=old, new=new, event=None
+            )
         except Exception:
             log.exception("on_status_change hook failed for case %s", case.hub_id)
 

@@ -109,12 +109,9 @@ class StatusSync:
     def __init__(
         self, hub: Hub, *, clock: Callable[[], datetime] = utcnow, actor: str = "status-sync"
     ) -> None:
-        from hub.builtins.crm_callback import bind
-
         self.hub = hub
         self.clock = clock
         self.actor = actor
-        bind(hub)  # status changes here feed the CRM callback plugin
 
     # ----------------------------------------------------------------------- polling
 
@@ -320,7 +317,9 @@ class StatusSync:
     def _notify(self, notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]]) -> None:
         for case, old, new, event in notes:
             try:
-                self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=event)
+                self.hub.pm.hook.hub_on_status_change(
+                    hub=self.hub, case=case, old=old, new=new, event=event
+                )
             except Exception:  # a broken listener must not undo a committed status
                 log.exception("on_status_change hook failed for case %s", case.hub_id)
 

@@ -134,9 +134,7 @@ class SimulatedCity:
         return self.config().model_dump(mode="json", exclude={"source"})
 
     def hub(self) -> Hub:
-        hub = Hub(self.config(), database=self.database_url)
-        bind_plugins(hub)
-        return hub
+        return Hub(self.config(), database=self.database_url)
 
     def state(self, department: str) -> dict[str, Any]:
         """The department's own view, read over HTTP like an operator would."""
@@ -147,12 +145,8 @@ class SimulatedCity:
 
 
 def bind_plugins(hub: Hub) -> None:
-    """Hooks get no hub handle: plugins that expose ``bind(hub)`` (GIS, payments, CRM
-    callback) are given this one, as the API and the worker do for theirs."""
-    for plugin in hub.pm.get_plugins():
-        bind = getattr(plugin, "bind", None)
-        if callable(bind):
-            bind(hub)
+    """Deprecated no-op, kept only so callers not yet updated still import (hooks now get
+    ``hub`` as an argument; there is nothing to bind). Remove with its last caller."""
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from hub.model import Case
 from hub.services.dispatch import Dispatcher
 from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
-from hub.testing.harness import SimulatedCity, bind_plugins, simulated_city
+from hub.testing.harness import SimulatedCity, simulated_city
 from hub.testing.simulators.gis import WARD_3_AT, GisSimulator
 
 RECORDS = Path(__file__).resolve().parents[3] / "shared/realworld/311_records/boston"
@@ -151,7 +151,6 @@ def test_long_outage_dispatches_on_service_code_then_records_the_difference(
         config = city.config()
         config.departments["gis"].settings["max_hold_seconds"] = 0.2
         hub = Hub(config, database=city.database_url)
-        bind_plugins(hub)
         city.set_faults("gis", "outage")
         pothole = case("long-outage", lat=WARD_3_AT[0], long=WARD_3_AT[1])
         IntakeService(hub).submit(pothole)
