@@ -68,6 +68,13 @@ def _print_json(data) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
 
 
+def _configure_logging() -> None:
+    """Long-running commands log JSON lines (HUB_LOG_FORMAT=text for humans), redacted."""
+    from hub.observability.logging import configure_logging
+
+    configure_logging()
+
+
 # --------------------------------------------------------------------------- db
 
 
@@ -194,17 +201,26 @@ def worker(
         bool,
         typer.Option("--no-scheduler", help="Do not run the periodic polls and reconcile."),
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus /metrics of this worker on this port.")
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(help="Interface for --metrics-port.")] = (
+        "127.0.0.1"
+    ),
 ) -> None:
     """Deliver the outbox: runs until stopped (SIGTERM/SIGINT finish in-flight calls).
 
     Also runs the status polls and the nightly reconcile (each run claimed in the
     database, so any number of workers run each one once) unless --no-scheduler."""
     import hub.services.outbound  # registers the reopen operation
-    from hub.builtins.crm_callback import bind
     from hub.services.dispatch import Dispatcher, default_worker_id
 
+    _configure_logging()
     hub = _hub(config)
-    bind(hub)
+    if metrics_port:
+        from hub.observability.metrics import serve_metrics
+
+        serve_metrics(hub, metrics_port, addr=metrics_host)
     if not hub.configured_departments():
         typer.echo("no departments configured yet")
 
@@ -505,11 +521,21 @@ def case_show(
 
 
 @departments_app.command("status")
-def departments_status(config: ConfigOption = None, as_json: JsonOption = False) -> None:
+def departments_status(
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Live view (as `hub top`).")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between --watch frames.")] = 2.0,
+) -> None:
     """Per department: paused/open, circuit, queue depth, oldest due, dead letters."""
     from hub.model import utcnow
 
     hub = _hub(config)
+    if watch:
+        from hub.observability.top import run_top
+
+        run_top(hub, interval=interval, console=out)
+        return
     now = utcnow()
     with hub.uow() as uow:
         stats = uow.outbox.stats(now)
@@ -555,6 +581,19 @@ def departments_status(config: ConfigOption = None, as_json: JsonOption = False)
     out.print(table)
     if not rows:
         out.print("no departments configured yet")
+
+
+@app.command()
+def top(
+    config: ConfigOption = None,
+    interval: Annotated[float, typer.Option(help="Seconds between frames.")] = 2.0,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+) -> None:
+    """Live view of departments: state, circuit, queue, due, held, dead, oldest due,
+    attempts/s, sync lag. Ctrl-C quits."""
+    from hub.observability.top import run_top
+
+    run_top(_hub(config), interval=interval, once=once, console=out)
 
 
 @departments_app.command("resume")
@@ -620,6 +659,40 @@ def simulate_sanitation(
     main(directory, port=port, faults=faults, sftp_port=sftp_port)
 
 
+@simulate_app.command("gis")
+def simulate_gis(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8084,
+    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
+    faults: Annotated[
+        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
+    ] = "none",
+) -> None:
+    """An ArcGIS REST-like GIS of a generated city (geocoder, wards, districts, assets)."""
+    from hub.testing.simulators.gis import main
+
+    typer.echo(f"GIS simulator on http://{host}:{port} (faults: {faults})")
+    main(port=port, host=host, faults=faults)
+
+
+@simulate_app.command("payments")
+def simulate_payments(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8085,
+    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Fault profile plus payment knobs: decline_rate, action_rate,"
+            " duplicate_webhook_rate, lost_webhook_rate, webhook_url, auto_succeed (k=v,…)"
+        ),
+    ] = "none",
+) -> None:
+    """A Stripe-like PaymentIntents service that sends signed webhooks."""
+    from hub.testing.simulators.payments import main
+
+    typer.echo(f"payments simulator on http://{host}:{port} (faults: {faults})")
+    main(port=port, host=host, faults=faults)
+
+
 # --------------------------------------------------------------------------- demo
 
 
@@ -671,9 +744,12 @@ def serve(
 
     from hub.api.app import create_app
 
+    _configure_logging()
     hub = _hub(config)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(hub), host=host, port=port, access_log=access_log)
+    server = uvicorn.Server(  # log_config=None: uvicorn's records go through our handler
+        uvicorn.Config(
+            create_app(hub), host=host, port=port, access_log=access_log, log_config=None
+        )
     )
 
     async def main() -> None:
@@ -811,6 +887,45 @@ def import_file(
         for row in summary.rejected_rows[:5]:
             out.print(f"  line {row.line} ({row.source_id or 'no id'}): {row.reason}",
                       markup=False)
+
+
+# --------------------------------------------------------------------------- soak
+
+
+@app.command()
+def soak(
+    cases: Annotated[int, typer.Option("--cases", "-n", help="Cases to feed.")] = 10_000,
+    seconds: Annotated[
+        float | None, typer.Option(help="Bound on the chaos phase (then a drain grace).")
+    ] = None,
+    postgres: Annotated[
+        str | None, typer.Option(metavar="URL", help="PostgreSQL (2 workers; else SQLite, 1).")
+    ] = None,
+    kill_every: Annotated[float, typer.Option(help="SIGKILL a worker every S s.")] = 20.0,
+    feed_seconds: Annotated[
+        float | None, typer.Option(help="Spread intake over S s (default: as fast as it goes).")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option(help="Also write the JSON report.")] = None,
+) -> None:
+    """Chaos soak: faults at 20%, worker kills, dropped DB connections, a restarted file
+    drop; then prove exactly-once, closures, a clean reconcile and no PII in the logs."""
+    from hub.testing.soak import SoakOptions, run_soak
+
+    report = run_soak(
+        SoakOptions(
+            cases=cases,
+            seconds=seconds,
+            postgres=postgres,
+            kill_every=kill_every,
+            feed_seconds=feed_seconds,
+        )
+    )
+    typer.echo(report.table())
+    document = json.dumps(report.as_dict(), default=str)
+    if json_out:
+        json_out.write_text(document + "\n")
+    typer.echo(document)
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def main() -> None:  # pragma: no cover - console entry

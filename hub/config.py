@@ -35,6 +35,13 @@ class DeliveryPolicy(BaseModel):
     max_concurrency: int | None = Field(
         default=None, ge=1, description="in-flight calls per worker (default: the worker's)"
     )
+    # Cluster-wide limits, coordinated through the database (all workers together).
+    rate_limit_per_second: float | None = Field(
+        default=None, gt=0, description="calls per second across all workers (token bucket)"
+    )
+    max_in_flight: int | None = Field(
+        default=None, ge=1, description="leased deliveries at once across all workers"
+    )
 
 
 class DepartmentConfig(BaseModel):

@@ -27,6 +27,8 @@ from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any
 
+from sqlalchemy.exc import InterfaceError, OperationalError
+
 from hub.adapters import (
     Adapter,
     AuthFailed,
@@ -53,6 +55,8 @@ from hub.model import (
     WorkOrder,
     utcnow,
 )
+from hub.observability.logging import bind, unbind
+from hub.observability.metrics import observe_attempt
 from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
 from hub.services.runtime import DepartmentNotConfigured, Hub
 from hub.services.status import advance_many
@@ -60,6 +64,10 @@ from hub.store.repository import DepartmentHealth, OutboxItem
 from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
+
+# A rate-limited department's bucket holds a quarter second of calls: a burst after a
+# pause overshoots a 5 s average by at most 5%, while turns (every ~50 ms) keep it full.
+BURST_SECONDS = 0.25
 
 # Outcomes of one attempt.
 DELIVERED, ADOPTED, DONE = "delivered", "adopted", "done"
@@ -102,9 +110,15 @@ class DispatchStats:
     attempts: Counter = field(default_factory=Counter)
     claimed: int = 0
     lost_leases: int = 0
+    failed_turns: int = 0  # database errors (connection dropped, deadlock): turn retried
 
     def as_dict(self) -> dict[str, Any]:
-        return {"claimed": self.claimed, "lost_leases": self.lost_leases, **self.attempts}
+        return {
+            "claimed": self.claimed,
+            "lost_leases": self.lost_leases,
+            "failed_turns": self.failed_turns,
+            **self.attempts,
+        }
 
 
 def default_worker_id() -> str:
@@ -159,7 +173,9 @@ class Dispatcher:
                     deadline is not None and perf_counter() > deadline
                 )
                 capacity = 0 if stopping else self.concurrency - len(inflight)
-                claimed = await asyncio.to_thread(self._turn, finished, capacity)
+                claimed = await self._safe_turn(finished, capacity)
+                if claimed is None:  # rolled back: settle the same attempts next turn
+                    continue
                 finished = []
                 for item, case, order in claimed:
                     inflight.add(asyncio.create_task(self._attempt(item, case, order)))
@@ -181,6 +197,20 @@ class Dispatcher:
                 for task in inflight:
                     task.cancel()
         return self.stats
+
+    async def _safe_turn(
+        self, finished: list[Attempt], capacity: int
+    ) -> list[tuple[OutboxItem, Case, WorkOrder | None]] | None:
+        """A turn, or None when the database failed it (backend terminated, failover,
+        deadlock): the transaction rolled back, so nothing was settled or claimed and the
+        worker carries on instead of dying. pool_pre_ping replaces the dead connection."""
+        try:
+            return await asyncio.to_thread(self._turn, finished, capacity)
+        except (OperationalError, InterfaceError) as error:
+            self.stats.failed_turns += 1
+            log.warning("turn failed, retrying: %s", str(error).splitlines()[0])
+            await asyncio.sleep(self.idle_seconds)
+            return None
 
     async def _idle(self, stop: asyncio.Event | None) -> None:
         if stop is None:
@@ -206,8 +236,11 @@ class Dispatcher:
         """Settle finished attempts and claim new rows, in one transaction."""
         with self.hub.uow() as uow:
             now = self.clock()
+            # Limited departments' rows are locked first, in name order, before settle
+            # touches department rows: all workers lock in one order and never deadlock.
+            budgets = self._refill(uow, now)
             notifications = self._settle(uow, finished, now) if finished else []
-            claimed = self._claim(uow, capacity, now) if capacity > 0 else []
+            claimed = self._claim(uow, capacity, now, budgets) if capacity > 0 else []
             cases = uow.cases.get_many([item.case_id for item in claimed])
             orders = uow.work_orders.for_cases([item.case_id for item in claimed])
             loaded = [
@@ -221,7 +254,48 @@ class Dispatcher:
             self._notify(case, old, new)
         return loaded
 
-    def _claim(self, uow: UnitOfWork, capacity: int, now: datetime) -> list[OutboxItem]:
+    def _refill(self, uow: UnitOfWork, now: datetime) -> dict[str, float]:
+        """Tokens of each department with a cluster-wide limit (inf: no rate limit)."""
+        budgets: dict[str, float] = {}
+        for department in sorted(self._departments()):
+            policy = self.hub.config.policy(department)
+            rate = policy.rate_limit_per_second
+            if rate is None and policy.max_in_flight is None:
+                continue
+            capacity = max(1.0, (rate or 0.0) * BURST_SECONDS)
+            tokens = uow.departments.refill_tokens(
+                department, rate=rate, capacity=capacity, now=now.timestamp()
+            )
+            budgets[department] = tokens if rate is not None else float("inf")
+        return budgets
+
+    def _claim_limited(
+        self, uow: UnitOfWork, department: str, want: int, tokens: float, now: datetime
+    ) -> list[OutboxItem]:
+        """Claim at most the tokens in the bucket and what the cluster-wide in-flight cap
+        leaves; the department's row lock makes count-then-claim safe across workers."""
+        policy = self.hub.config.policy(department)
+        if tokens != float("inf"):  # whole tokens (epoch-second floats: ~1e-5 token noise)
+            want = min(want, int(tokens + 1e-3))
+        if policy.max_in_flight is not None and want > 0:
+            want = min(want, policy.max_in_flight - uow.outbox.leased(department, now))
+        if want <= 0:
+            return []
+        items = uow.outbox.claim(
+            worker=self.worker_id, limit=want, lease=self.lease, now=now, only=[department]
+        )
+        if items and policy.rate_limit_per_second is not None:
+            uow.departments.spend_tokens(department, len(items))
+        return items
+
+    def _claim(
+        self,
+        uow: UnitOfWork,
+        capacity: int,
+        now: datetime,
+        budgets: dict[str, float] | None = None,
+    ) -> list[OutboxItem]:
+        budgets = budgets or {}
         healths = uow.departments.all()
         open_fully, canaries = [], []
         for department in self._departments():
@@ -232,9 +306,14 @@ class Dispatcher:
                 canaries.append(department)
         items: list[OutboxItem] = []
         limit = min(self.batch_size, capacity)
-        if open_fully:
+        for department in (d for d in open_fully if d in budgets):  # first: never starved
+            want = limit - len(items)
+            items += self._claim_limited(uow, department, want, budgets[department], now)
+        free = [d for d in open_fully if d not in budgets]
+        if free and len(items) < limit:
+            want = limit - len(items)
             items += uow.outbox.claim(
-                worker=self.worker_id, limit=limit, lease=self.lease, now=now, only=open_fully
+                worker=self.worker_id, limit=want, lease=self.lease, now=now, only=free
             )
         for department in canaries:
             until = now + timedelta(
@@ -249,6 +328,13 @@ class Dispatcher:
     # ----------------------------------------------------------------------- attempt
 
     async def _attempt(self, item: OutboxItem, case: Case, order: WorkOrder | None) -> Attempt:
+        # Correlation ids for every log line of this attempt (adapter, httpx, zeep included).
+        context = bind(
+            case_id=item.case_id,
+            delivery_id=item.id,
+            department=item.department,
+            operation=item.operation,
+        )
         started = perf_counter()
         attempt: Attempt
         try:
@@ -265,6 +351,8 @@ class Dispatcher:
         attempt.duration_ms = round((perf_counter() - started) * 1000, 2)
         attempt.case = case
         self.stats.attempts[attempt.outcome] += 1
+        observe_attempt(attempt)  # metrics + one log line
+        unbind(context)
         return attempt
 
     async def _perform_any(self, item: OutboxItem, case: Case, order: WorkOrder | None) -> Attempt:
@@ -411,7 +499,7 @@ class Dispatcher:
             events += self._apply_outcome(uow, attempt, health, now, deliveries)
         notifications = self._record_deliveries(uow, deliveries, now)
         uow.timeline.append(*events)
-        for department in {a.item.department for a in owned}:
+        for department in sorted({a.item.department for a in owned}):  # one lock order
             uow.departments.put(healths[department])
         return notifications
 
@@ -557,7 +645,9 @@ class Dispatcher:
 
     def _notify(self, case: Case, old: CaseStatus, new: CaseStatus) -> None:
         try:
-            self.hub.pm.hook.hub_on_status_change(case=case, old=old, new=new, event=None)
+            self.hub.pm.hook.hub_on_status_change(
+                hub=self.hub, case=case, old=old, new=new, event=None
+            )
         except Exception:
             log.exception("on_status_change hook failed for case %s", case.hub_id)
 

@@ -260,7 +260,11 @@ class WorkOrderRepository:
             .where(wo.case_id == bindparam("b_case"), wo.department == bindparam("b_dept"))
             .values(
                 external_id=bindparam("b_ext"),
-                raw_status=bindparam("b_raw"),
+                # A status event can arrive (push/poll, linked by hub reference) before the
+                # create is settled: the create's initial status must not overwrite it.
+                raw_status=sa_case(
+                    (wo.last_sequence.is_(None), bindparam("b_raw")), else_=wo.raw_status
+                ),
                 delivery_state=DeliveryState.DELIVERED.value,
                 updated_at=at,
             )
@@ -590,6 +594,17 @@ class OutboxRepository:
             query = query.where(t.outbox.c.state == state)
         return self.connection.execute(query).scalar_one()
 
+    def leased(self, department: str, now: datetime) -> int:
+        """Deliveries of `department` leased by any worker now: the cluster's in-flight."""
+        o = t.outbox
+        return self.connection.execute(
+            select(func.count()).where(
+                o.c.department == department,
+                o.c.state == OutboxState.PENDING,
+                o.c.locked_until > now,
+            )
+        ).scalar_one()
+
     def next_due(self) -> datetime | None:
         return self.connection.execute(
             select(func.min(t.outbox.c.next_attempt_at)).where(
@@ -671,6 +686,39 @@ class DepartmentStateRepository:
         )
         stmt = stmt.on_conflict_do_update(index_elements=["department"], set_=values)
         self.connection.execute(stmt)
+
+    def refill_tokens(
+        self, department: str, *, rate: float | None, capacity: float, now: float
+    ) -> float:
+        """Refill the department's token bucket up to `now` (epoch seconds) and return its
+        tokens. The upsert locks the row until commit (SQLite: the writer lock is held
+        already), so the claims of all workers for this department are serialised: the
+        database is the coordinator. With no rate the row is only locked."""
+        ds = t.department_state
+        pg = self.connection.dialect.name == "postgresql"
+        least, greatest = (func.least, func.greatest) if pg else (func.min, func.max)
+        tokens = func.coalesce(ds.c.tokens, capacity)
+        if rate is not None:
+            elapsed = greatest(0.0, now - func.coalesce(ds.c.tokens_at, now))
+            tokens = least(capacity, tokens + rate * elapsed)
+        stmt = _insert(self.connection, ds).values(
+            department=department,
+            paused=False,
+            circuit="closed",
+            consecutive_failures=0,
+            updated_at=utcnow(),
+            tokens=capacity,
+            tokens_at=now,
+        )
+        set_ = {"tokens": tokens, "tokens_at": greatest(func.coalesce(ds.c.tokens_at, now), now)}
+        stmt = stmt.on_conflict_do_update(index_elements=["department"], set_=set_)
+        return float(self.connection.execute(stmt.returning(ds.c.tokens)).scalar_one())
+
+    def spend_tokens(self, department: str, count: int) -> None:
+        ds = t.department_state
+        self.connection.execute(
+            update(ds).where(ds.c.department == department).values(tokens=ds.c.tokens - count)
+        )
 
 
 # --------------------------------------------------------------------------- status updates
@@ -781,11 +829,46 @@ class SyncCursorRepository:
         )
 
 
+# --------------------------------------------------------------------------- holds
+
+
+class HoldRepository:
+    """Queries of the hold service (hub.services.holds) that no other repository needs."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def touch_if_idle(self, item_id: int, *, now: datetime | None = None) -> bool:
+        """Guarded touch of one outbox row: true if no worker holds its lease. The UPDATE's
+        row lock (PostgreSQL) / write lock (SQLite) keeps workers from claiming it until
+        the transaction commits."""
+        now = now or utcnow()
+        o = t.outbox.c
+        result = self.connection.execute(
+            update(t.outbox)
+            .where(o.id == item_id, or_(o.locked_until.is_(None), o.locked_until < now))
+            .values(updated_at=now)
+        )
+        return result.rowcount == 1
+
+    def held_case_ids(self) -> list[str]:
+        """Cases with at least one outbox row in state ``held``."""
+        query = select(t.outbox.c.case_id).where(t.outbox.c.state == OutboxState.HELD)
+        return list(self.connection.execute(query.distinct()).scalars())
+
+    def case_ids_for_services(self, service_codes: Sequence[str]) -> list[str]:
+        if not service_codes:
+            return []
+        query = select(t.cases.c.hub_id).where(t.cases.c.service_code.in_(service_codes))
+        return list(self.connection.execute(query).scalars())
+
+
 __all__ = [
     "CaseRepository",
     "DeliveryState",
     "DepartmentHealth",
     "DepartmentStateRepository",
+    "HoldRepository",
     "JobRunRepository",
     "OutboxItem",
     "OutboxRepository",

@@ -14,6 +14,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -192,6 +193,10 @@ department_state = Table(
     Column("opened_at", UTCDateTime),
     Column("retry_at", UTCDateTime),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Revision 0003: the cluster-wide token bucket (rate_limit_per_second). The refill time
+    # is epoch seconds (a float) so the refill arithmetic is the same SQL on both stores.
+    Column("tokens", Float),
+    Column("tokens_at", Float),
 )
 
 # --------------------------------------------------------------------------- revision 0002
