@@ -144,11 +144,6 @@ class SimulatedCity:
         self.simulator(department).set_faults(faults)
 
 
-def bind_plugins(hub: Hub) -> None:
-    """Deprecated no-op, kept only so callers not yet updated still import (hooks now get
-    ``hub`` as an argument; there is nothing to bind). Remove with its last caller."""
-
-
 @contextmanager
 def simulated_city(
     directory: Path,

@@ -1,0 +1,239 @@
+"""Scale-out: 1, 2 and 4 `hub worker` processes on one PostgreSQL database.
+
+The public-works (REST) and code-enforcement (SOAP) simulators each run in their own
+process with 50 ms latency. For each worker count: a fresh schema, the workers started
+and idle, then N real-shaped cases committed by intake at once; the clock runs from that
+commit until every work order is delivered. Prints throughput, speed-up over one worker,
+duplicates at the departments (must be 0) and how busy the machine's CPUs were (from
+/proc/stat), since on a 2-core machine the CPUs, not the design, cap the speed-up.
+
+    .venv/bin/python benchmarks/scaleout.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
+    .venv/bin/python benchmarks/scaleout.py --quick
+
+Prints a table, then the JSON document as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import func, select  # noqa: E402
+
+from benchmarks.dispatch import free_port, sim_admin, sim_state, wait_until_answering  # noqa: E402
+from hub.config import WorkerConfig  # noqa: E402
+from hub.services.intake import IntakeService  # noqa: E402
+from hub.services.runtime import Hub  # noqa: E402
+from hub.store import tables as t  # noqa: E402
+from hub.store.migrate import upgrade  # noqa: E402
+from hub.testing.generator import CaseGenerator  # noqa: E402
+from hub.testing.harness import (  # noqa: E402
+    CE_PASSWORD_ENV,
+    PASSWORD_ENV,
+    SimulatedCity,
+)
+from hub.testing.simulators import codeenforcement as ce_sim  # noqa: E402
+from hub.testing.simulators.publicworks import DEFAULT_PASSWORD  # noqa: E402
+from hub.testing.soak import WorkerPool, postgres_schema, write_config  # noqa: E402
+
+DEPARTMENTS = ("publicworks", "codeenforcement")
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TARGET = 3.5
+
+
+@contextmanager
+def simulator(department: str, latency_ms: int, log: Path):
+    """`hub simulate <department>` in its own process (own GIL)."""
+    import subprocess
+
+    port = free_port()
+    command = [sys.executable, "-m", "hub.cli", "simulate", department, "--port", str(port)]
+    command += ["--faults", f"latency_ms={latency_ms}"]
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(url, proc)
+        yield SimpleNamespace(url=url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine."""
+    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, sum(fields)
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used."""
+    try:
+        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (float(parts[11]) + float(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    workers: int
+    cases: int
+    seconds: float
+    cases_per_s: float
+    speedup: float
+    duplicates: int
+    delivered: int
+    machine_cpu_busy: float  # 0..1 over all cores
+    worker_cpu_s: float  # CPU seconds used by the workers during the run
+    worker_cpu_share: float  # of the machine's capacity
+
+
+def cases_for(hub: Hub, n: int, seed: int) -> list:
+    picked = []
+    for case in CaseGenerator(hub.mappings, seed=seed).generate(n * 3):
+        route = hub.mappings.route(case)
+        if route and route.department in DEPARTMENTS:
+            picked.append(case)
+        if len(picked) == n:
+            return picked
+    raise RuntimeError("the generator did not give enough cases for the two departments")
+
+
+def delivered(hub: Hub) -> int:
+    with hub.engine.connect() as conn:
+        return conn.execute(
+            select(func.count()).where(t.work_orders.c.delivery_state == "delivered")
+        ).scalar_one()
+
+
+def one_run(args, servers: dict[str, Any], workers: int, directory: Path) -> dict[str, Any]:
+    for server in servers.values():
+        sim_admin(server.url, "reset")
+    with postgres_schema(args.postgres, prefix="hubscale") as url:
+        upgrade(url)
+        city = SimulatedCity(
+            directory, url, servers=servers, timeout_seconds=30, worker=WorkerConfig()
+        )
+        config = write_config(
+            city,
+            directory / f"hub-{workers}.yaml",
+            worker={"concurrency": args.concurrency, "batch_size": 64, "idle_poll_seconds": 0.05},
+        )
+        hub = city.hub()
+        cases = cases_for(hub, args.cases, seed=workers)
+        pool = WorkerPool(config, url, directory / "logs", scheduler=False)
+        pool.start_all(workers)
+        time.sleep(args.warmup)  # imports and first idle poll, outside the clock
+        try:
+            before_cpu = {p.pid: process_cpu(p.pid) for p in pool.processes.values()}
+            busy0, total0 = cpu_times()
+            started = time.perf_counter()
+            IntakeService(hub).submit_many(cases, actor="scaleout")
+            while delivered(hub) < len(cases) and time.perf_counter() - started < args.timeout:
+                time.sleep(0.1)
+            seconds = time.perf_counter() - started
+            busy1, total1 = cpu_times()
+            used = sum(process_cpu(pid) - c for pid, c in before_cpu.items())
+        finally:
+            pool.stop()
+        done = delivered(hub)
+        hub.dispose()
+    duplicates = sum(len(sim_state(s.url)["duplicates"]) for s in servers.values())
+    cores = os.cpu_count() or 1
+    return {
+        "workers": workers,
+        "cases": len(cases),
+        "seconds": seconds,
+        "cases_per_s": done / seconds,
+        "duplicates": duplicates,
+        "delivered": done,
+        "machine_cpu_busy": (busy1 - busy0) / max(1.0, total1 - total0),
+        "worker_cpu_s": used,
+        "worker_cpu_share": used / (seconds * cores),
+    }
+
+
+def table(runs: list[Run]) -> str:
+    head = f"{'workers':>7} {'cases':>6} {'s':>7} {'cases/s':>8} {'speed-up':>8} {'dups':>5}"
+    head += f" {'delivered':>9} {'CPU busy':>8} {'workers CPU':>11}"
+    lines = [head, "-" * len(head)]
+    for r in runs:
+        lines.append(
+            f"{r.workers:>7} {r.cases:>6} {r.seconds:>7.1f} {r.cases_per_s:>8.0f}"
+            f" {r.speedup:>7.2f}x {r.duplicates:>5} {r.delivered:>9}"
+            f" {r.machine_cpu_busy:>7.0%} {r.worker_cpu_share:>10.0%}"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--postgres", metavar="URL", default=PG_DEFAULT)
+    parser.add_argument("--cases", type=int, default=4000)
+    parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--latency-ms", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=128, help="calls in flight per worker")
+    parser.add_argument("--warmup", type=float, default=4.0)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 300 cases")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.cases = min(args.cases, 300)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault(PASSWORD_ENV, DEFAULT_PASSWORD)
+    os.environ.setdefault(CE_PASSWORD_ENV, ce_sim.DEFAULT_PASSWORD)
+    raw: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="hub-scaleout-") as tmp, ExitStack() as stack:
+        directory = Path(tmp)
+        servers = {
+            d: stack.enter_context(simulator(d, args.latency_ms, directory / f"{d}.log"))
+            for d in DEPARTMENTS
+        }
+        for workers in (int(w) for w in args.workers.split(",")):
+            raw.append(one_run(args, servers, workers, directory))
+            print(f"# {workers} worker(s): {raw[-1]['cases_per_s']:.0f} cases/s", flush=True)
+    base = raw[0]["cases_per_s"]
+    runs = [Run(speedup=r["cases_per_s"] / base, **r) for r in raw]
+    print(table(runs))
+    best = runs[-1].speedup
+    doc = {
+        "benchmark": "scaleout",
+        "store": "postgresql",
+        "latency_ms": args.latency_ms,
+        "machine": {"cpus": os.cpu_count()},
+        "target_speedup_4": TARGET,
+        "speedup_max_workers": round(best, 2),
+        "runs": [
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
+            for r in runs
+        ],
+        "duplicates": sum(r.duplicates for r in runs),
+    }
+    if args.json_out:
+        args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc))
+    return 0 if doc["duplicates"] == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
