@@ -213,10 +213,15 @@ class DepartmentEvent(StatusEvent):
 
 
 class StatusPage(BaseModel):
-    """One page of changes and the watermark to resume from."""
+    """One page of changes and the watermark to resume from.
+
+    `more` says the department holds further changes after this page; the hub then asks
+    again from `next_watermark` (without the overlap) within the same poll.
+    """
 
     events: list[DepartmentEvent]
     next_watermark: datetime | None = None
+    more: bool = False
 
 
 # --------------------------------------------------------------------------- the port

@@ -210,7 +210,10 @@ class CodeEnforcementAdapter(Adapter):
             raise MalformedResponse(f"{self.department} GetCasesChangedSince: no case list")
         events = sorted((self._event(r) for r in records), key=lambda e: e.sequence or "")
         watermark = max((e.occurred_at for e in events), default=since)
-        return StatusPage(events=events, next_watermark=watermark)
+        more = (
+            str(answer.get("More", "")).lower() == "true" or len(records) >= self.config.page_size
+        )
+        return StatusPage(events=events, next_watermark=watermark, more=more)
 
     async def _status(self, external_id: str) -> str | None:
         record = await self.client.call("GetCase", CaseId=external_id, idempotent=True)

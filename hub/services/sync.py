@@ -64,6 +64,10 @@ UNMAPPED, IGNORED, ORPHAN, STALE, DUPLICATE = "unmapped", "ignored", "orphan", "
 APPLY_ATTEMPTS = 3  # a concurrent writer (webhook vs poll) makes us re-read and retry
 
 
+# Enough for a large backlog in one run; the next scheduled poll carries on from there.
+MAX_PAGES_PER_POLL = 50
+
+
 class NotPollable(RuntimeError):
     """The department's adapter does not declare status_poll."""
 
@@ -76,6 +80,13 @@ class SyncResult:
     outcomes: Counter = field(default_factory=Counter)
     since: datetime | None = None
     watermark: datetime | None = None
+
+    def merge(self, later: SyncResult) -> SyncResult:
+        """This result followed by the next page's: counts add up, the watermark moves on."""
+        self.received += later.received
+        self.outcomes.update(later.outcomes)
+        self.watermark = later.watermark or self.watermark
+        return self
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -138,13 +149,23 @@ class StatusSync:
             zone=self._zone(department),
             now=now,
         )
-        page = await adapter.poll_changes(since)
-        # A department clock running ahead must not push the watermark past our now.
-        reached = min(page.next_watermark or watermark, now)
-        result = await asyncio.to_thread(
-            self.apply, department, page.events, source=POLL, watermark=max(watermark, reached)
-        )
-        result.since = since
+        result: SyncResult | None = None
+        first_since = since
+        for _ in range(MAX_PAGES_PER_POLL):
+            page = await adapter.poll_changes(since)
+            # A department clock running ahead must not push the watermark past our now.
+            reached = max(watermark, min(page.next_watermark or watermark, now))
+            applied = await asyncio.to_thread(
+                self.apply, department, page.events, source=POLL, watermark=reached
+            )
+            result = applied if result is None else result.merge(applied)
+            # The overlap is for the first page only; further pages resume where the last
+            # ended. A page that does not move the watermark would only repeat itself.
+            if not page.more or reached <= watermark:
+                break
+            watermark = since = reached
+        assert result is not None
+        result.since = first_since
         return result
 
     def _watermark(self, department: str, now: datetime) -> datetime:

@@ -205,3 +205,20 @@ def test_worker_killed_mid_batch_loses_and_duplicates_nothing(
         "dead": 0,
     }
     hub.dispose()
+
+
+async def test_one_poll_reads_every_page_of_a_large_backlog(city: SimulatedCity) -> None:
+    """More closures than one page holds, all inside the overlap window: the poll follows
+    `More` page by page instead of re-reading the first page for ever (found by the soak)."""
+    config = city.config()
+    config.departments[DEPT].settings["page_size"] = 7
+    hub = Hub(config, database=city.database_url)
+    cases = feed(hub, 30)
+    await drain(hub)
+    city.simulator(DEPT).advance(30, close=True)
+    result = await StatusSync(hub, actor="test").poll(DEPT)
+    assert result.outcomes["applied"] == 30
+    with hub.uow() as uow:
+        closed = [uow.cases.get(c.hub_id).status.is_final for c in cases]
+    assert all(closed)
+    await hub.aclose()
