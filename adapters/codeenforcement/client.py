@@ -35,8 +35,6 @@ import zeep
 import zeep.exceptions
 from lxml import etree
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 from zeep.helpers import serialize_object
 from zeep.wsse.username import UsernameToken
 
@@ -45,17 +43,15 @@ from hub.adapters import (
     MalformedResponse,
     Permanent,
     Transient,
-    UnknownOutcome,
     parse_retry_after,
 )
-from hub.transports.http import NOT_SENT, SENT_MAYBE_APPLIED, make_async_client
+from hub.transports.http import make_async_client, send_classified
 
 NS = "urn:city:code-enforcement:cases:v1"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
 WSDL_PATH = Path(__file__).resolve().parent / "wsdl" / "codeenforcement.wsdl"
 SERVICE, PORT = "CaseService", "CaseServicePort"
-IN_CALL_ATTEMPTS = 3  # quick retries only when the request provably never left
 
 # zeep parses the WSDL strictly and refuses DTDs, entities and external references.
 ZEEP_SETTINGS = zeep.Settings(
@@ -339,27 +335,9 @@ class CaseServiceClient:
         return etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), action
 
     async def _send(self, operation: str, *, idempotent: bool, request: Any) -> httpx.Response:
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(IN_CALL_ATTEMPTS),
-                wait=wait_random_exponential(multiplier=0.05, max=0.5),
-                retry=retry_if_exception_type(NOT_SENT),
-                reraise=True,
-            ):
-                with attempt:
-                    return await request()
-        # `from None`: the httpx exception holds the request, whose body holds the password.
-        except NOT_SENT as exc:
-            raise Transient(
-                f"{self.label} {operation}: not reachable ({type(exc).__name__})"
-            ) from None
-        except SENT_MAYBE_APPLIED as exc:
-            reason = f"{self.label} {operation}: answer lost ({type(exc).__name__})"
-            raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
-        except httpx.HTTPError as exc:
-            reason = f"{self.label} {operation}: transport error ({type(exc).__name__})"
-            raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await send_classified(
+            request, label=f"{self.label} {operation}", idempotent=idempotent
+        )
 
     # -- classification -----------------------------------------------------------
 

@@ -19,18 +19,15 @@ from zoneinfo import ZoneInfo
 
 import httpx
 from pydantic import SecretStr
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
-from tenacity.wait import wait_random_exponential
 
 from hub.adapters import (
     AuthFailed,
     MalformedResponse,
     Permanent,
     Transient,
-    UnknownOutcome,
     parse_retry_after,
 )
-from hub.transports.http import NOT_SENT, SENT_MAYBE_APPLIED, make_async_client
+from hub.transports.http import make_async_client, send_classified
 
 AUTHENTICATE = "General/Authentication/Authenticate"
 
@@ -42,7 +39,6 @@ PERMANENT_CODES = frozenset({2, 30, 31, 32, 33, 34, 35})
 # "Not authorized to view/update/create/cancel/delete": the account lacks a permission,
 # which a human must grant, so the department is paused like for bad credentials.
 NOT_AUTHORIZED_CODES = frozenset({3, 4, 5, 6, 7})
-IN_CALL_ATTEMPTS = 3  # quick retries when the request provably never left
 
 
 class RequestRefused(Permanent):
@@ -166,28 +162,7 @@ class CityworksClient:
         return self._envelope(method, response)
 
     async def _send(self, method: str, *, idempotent: bool, request: Any) -> httpx.Response:
-        try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(IN_CALL_ATTEMPTS),
-                wait=wait_random_exponential(multiplier=0.05, max=0.5),
-                retry=retry_if_exception_type(NOT_SENT),
-                reraise=True,
-            ):
-                with attempt:
-                    return await request()
-        # `from None`: the httpx exception carries the request, whose body holds the
-        # password or token; the type name is enough to diagnose.
-        except NOT_SENT as exc:
-            raise Transient(
-                f"{self.label} {method}: not reachable ({type(exc).__name__})"
-            ) from None
-        except SENT_MAYBE_APPLIED as exc:
-            reason = f"{self.label} {method}: answer lost ({type(exc).__name__})"
-            raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
-        except httpx.HTTPError as exc:
-            reason = f"{self.label} {method}: transport error ({type(exc).__name__})"
-            raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await send_classified(request, label=f"{self.label} {method}", idempotent=idempotent)
 
     # -- classification -----------------------------------------------------------
 

@@ -15,11 +15,14 @@ The stock transport maps both to ConnectTimeout, which would hide an unknown out
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
 
 TRANSPORT_ENV = "HUB_HTTP_TRANSPORT"  # "aiohttp" (default) or "httpx"
 
@@ -86,3 +89,41 @@ SENT_MAYBE_APPLIED = (
     httpx.ReadError,
 )
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+IN_CALL_ATTEMPTS = 3  # quick retries only when the request provably never left
+
+
+async def send_classified(
+    request: Callable[[], Awaitable[httpx.Response]],
+    *,
+    label: str,
+    idempotent: bool,
+) -> httpx.Response:
+    """Send with tenacity's short in-call retries for requests that never left, and turn
+    transport failures into the adapter port's classes: not sent → Transient; sent and
+    unanswered → UnknownOutcome (or Transient for an idempotent read).
+
+    Raised `from None`: the httpx exception carries the request, whose body may hold a
+    password or token; the exception type name is enough to diagnose.
+    """
+    from hub.adapters import Transient, UnknownOutcome  # ports: the shared error vocabulary
+
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(IN_CALL_ATTEMPTS),
+            wait=wait_random_exponential(multiplier=0.05, max=0.5),
+            retry=retry_if_exception_type(NOT_SENT),
+            reraise=True,
+        ):
+            with attempt:
+                return await request()
+    except NOT_SENT as exc:
+        raise Transient(f"{label}: not reachable ({type(exc).__name__})") from None
+    except SENT_MAYBE_APPLIED as exc:
+        reason = f"{label}: answer lost ({type(exc).__name__})"
+        raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
+    except httpx.HTTPError as exc:
+        reason = f"{label}: transport error ({type(exc).__name__})"
+        raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
+    raise AssertionError("unreachable")  # pragma: no cover
