@@ -255,13 +255,13 @@ class StatusSync:
         outcome = IGNORED
         if meaning is not None:
             outcome = self._move_case(uow, order, event, meaning, source, notes)
-        uow.work_orders.update(
+        uow.work_orders.apply_department_status(
             order.case_id,
             order.department,
+            sequence=sequence_of(event),
             raw_status=event.raw_code,
             raw_status_text=event.raw_text,
             mapped_status=meaning.status.value if meaning else order.mapped_status,
-            last_sequence=sequence_of(event),
             **self._link(order, event),
         )
         return _settle_inbound(uow, row_id, outcome, order.case_id)

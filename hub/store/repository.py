@@ -282,6 +282,24 @@ class WorkOrderRepository:
             ],
         )
 
+    def apply_department_status(
+        self, case_id: str, department: str, *, sequence: str, **values: Any
+    ) -> bool:
+        """Record a department status unless a later one is already recorded. The guard is
+        in the UPDATE itself, so two concurrent syncs (a poll and a webhook) cannot let the
+        older event overwrite the newer one; False when the event turned out stale."""
+        wo = t.work_orders.c
+        stmt = (
+            update(t.work_orders)
+            .where(
+                wo.case_id == case_id,
+                wo.department == department,
+                or_(wo.last_sequence.is_(None), wo.last_sequence <= sequence),
+            )
+            .values(last_sequence=sequence, updated_at=utcnow(), **values)
+        )
+        return self.connection.execute(stmt).rowcount == 1
+
     def update(self, case_id: str, department: str, **values: Any) -> None:
         values["updated_at"] = values.get("updated_at") or utcnow()
         self.connection.execute(

@@ -304,3 +304,16 @@ def test_sync_cursor_and_department_health_upsert(engine) -> None:
         assert not uow.departments.try_begin_canary("publicworks", now=T0, until=T0 + LEASE)
         assert uow.departments.get("publicworks").circuit == "half_open"
         uow.commit()
+
+
+def test_an_older_department_status_never_overwrites_a_newer_one(engine) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
+        apply = uow.work_orders.apply_department_status
+        assert apply(case.hub_id, "publicworks", sequence="2026-05-01T12:02", raw_status="Closed")
+        assert not apply(case.hub_id, "publicworks", sequence="2026-05-01T12:01", raw_status="New")
+        uow.commit()
+        order = uow.work_orders.get(case.hub_id, "publicworks")
+    assert (order.raw_status, order.last_sequence) == ("Closed", "2026-05-01T12:02")
