@@ -610,14 +610,17 @@ def departments_resume(
 
 # --------------------------------------------------------------------------- simulators
 
+HostOption = Annotated[str, typer.Option(help="Interface (loopback by default).")]
+FaultsOption = Annotated[
+    str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
+]
+
 
 @simulate_app.command("publicworks")
 def simulate_publicworks(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8081,
-    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
-    faults: Annotated[
-        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
-    ] = "none",
+    host: HostOption = "127.0.0.1",
+    faults: FaultsOption = "none",
 ) -> None:
     """A Cityworks-like public-works system with fault injection and /__sim__/ endpoints."""
     from hub.testing.simulators.publicworks import main
@@ -629,10 +632,8 @@ def simulate_publicworks(
 @simulate_app.command("codeenforcement")
 def simulate_codeenforcement(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8082,
-    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
-    faults: Annotated[
-        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
-    ] = "none",
+    host: HostOption = "127.0.0.1",
+    faults: FaultsOption = "none",
 ) -> None:
     """An Accela-like code-enforcement case service over SOAP (WSDL at ?wsdl)."""
     from hub.testing.simulators.codeenforcement import SERVICE_PATH, main
@@ -662,10 +663,8 @@ def simulate_sanitation(
 @simulate_app.command("gis")
 def simulate_gis(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8084,
-    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
-    faults: Annotated[
-        str, typer.Option(help="Fault profile: none, flaky, outage, slow, or k=v,…")
-    ] = "none",
+    host: HostOption = "127.0.0.1",
+    faults: FaultsOption = "none",
 ) -> None:
     """An ArcGIS REST-like GIS of a generated city (geocoder, wards, districts, assets)."""
     from hub.testing.simulators.gis import main
@@ -677,7 +676,7 @@ def simulate_gis(
 @simulate_app.command("payments")
 def simulate_payments(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8085,
-    host: Annotated[str, typer.Option(help="Interface (loopback by default).")] = "127.0.0.1",
+    host: HostOption = "127.0.0.1",
     faults: Annotated[
         str,
         typer.Option(
@@ -808,8 +807,12 @@ def apikey_list(config: ConfigOption = None, as_json: JsonOption = False) -> Non
     table = Table("name", "prefix", "scopes", "created", "last used", "revoked")
     for k in keys:
         table.add_row(
-            str(k["name"]), f"{k['prefix']}…", str(k["scopes"]), str(k["created_at"]),
-            str(k["last_used_at"] or "-"), str(k["revoked_at"] or "-"),
+            str(k["name"]),
+            f"{k['prefix']}…",
+            str(k["scopes"]),
+            str(k["created_at"]),
+            str(k["last_used_at"] or "-"),
+            str(k["revoked_at"] or "-"),
         )
     out.print(table)
 
@@ -885,8 +888,7 @@ def import_file(
             table.add_row(reason, str(count))
         out.print(table)
         for row in summary.rejected_rows[:5]:
-            out.print(f"  line {row.line} ({row.source_id or 'no id'}): {row.reason}",
-                      markup=False)
+            out.print(f"  line {row.line} ({row.source_id or 'no id'}): {row.reason}", markup=False)
 
 
 # --------------------------------------------------------------------------- soak
