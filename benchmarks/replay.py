@@ -1,8 +1,23 @@
 """Replay: a city's year in fast-forward, end to end, on SQLite or PostgreSQL.
 
 N real-shaped cases (hub.testing.generator.CaseGenerator: service mix, places, times and
-requesters drawn from the distributions of the real records in ../shared/realworld/) go,
-chunk by chunk, through:
+requesters drawn from the distributions of the real records in ../shared/realworld/) go
+through intake, routing, dispatch to all three departments, two status events each from
+the crews and the closure synced back. Two modes:
+
+``--mode deployed`` (default): the hub as it is deployed. Each simulator runs in its own
+process (``hub simulate``), ``hub worker`` processes (one on SQLite, ``--workers`` on
+PostgreSQL) deliver and run the status polls from their scheduler (poll every second;
+the poll overlap is shrunk to 2 s because fast-forward packs an hour of a real city into
+a second, and all clocks here are one machine's), this process feeds intake while the
+backlog stays under two chunks, and a crew thread moves every open work order one step
+and then closes it, once a second. The clock stops when every case is closed.
+Intake-to-delivery is measured from the outbox (created to completed); status lag is the
+department's closure time to the hub receiving it (seconds resolution: the departments
+stamp whole seconds).
+
+``--mode inprocess``: everything in this one process, chunk by chunk, phase after phase
+(the cProfile of the whole code path):
 
 intake (IntakeService.submit_many, routing included) -> dispatch to all three departments
 (Dispatcher, in process) -> the crews (two status events per work order: one step, then
@@ -15,6 +30,9 @@ database turns run in a thread pool and show up as the dispatch phase's wall tim
 
     .venv/bin/python benchmarks/replay.py --cases 20000
     .venv/bin/python benchmarks/replay.py --cases 20000 --postgres postgresql+psycopg://postgres@127.0.0.1/test
+    .venv/bin/python benchmarks/replay.py --mode inprocess --cases 4000    # with the profile
+
+``--profile-worker`` runs the (first) worker under cProfile and prints its top functions.
 
 Prints a table, then the JSON document as the last line.
 """
@@ -28,20 +46,27 @@ import io
 import json
 import os
 import pstats
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import select  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
+from benchmarks.dispatch import free_port, wait_until_answering  # noqa: E402
 from hub.config import WorkerConfig  # noqa: E402
 from hub.model import FINISHED  # noqa: E402
 from hub.services.dispatch import Dispatcher  # noqa: E402
@@ -49,9 +74,17 @@ from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
 from hub.services.sync import StatusSync  # noqa: E402
 from hub.store import tables as t  # noqa: E402
+from hub.store.migrate import upgrade  # noqa: E402
 from hub.testing.generator import CaseGenerator  # noqa: E402
-from hub.testing.harness import SimulatedCity, simulated_city  # noqa: E402
-from hub.testing.soak import DEPARTMENTS, postgres_schema  # noqa: E402
+from hub.testing.harness import (  # noqa: E402
+    CE_PASSWORD_ENV,
+    PASSWORD_ENV,
+    SimulatedCity,
+    simulated_city,
+)
+from hub.testing.simulators import codeenforcement as ce_sim  # noqa: E402
+from hub.testing.simulators import publicworks as pw_sim  # noqa: E402
+from hub.testing.soak import DEPARTMENTS, postgres_schema, write_config  # noqa: E402
 
 TARGET_CASES, TARGET_SECONDS = 1_000_000, 1800
 
@@ -146,7 +179,10 @@ class Replay:
 
 
 def profile_summary(profiler: cProfile.Profile, top: int) -> list[dict[str, Any]]:
-    stats = pstats.Stats(profiler, stream=io.StringIO())
+    return profile_rows(pstats.Stats(profiler, stream=io.StringIO()), top)
+
+
+def profile_rows(stats: pstats.Stats, top: int) -> list[dict[str, Any]]:
     rows = []
     for (file, line, name), (_, calls, tottime, cumtime, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = f"{Path(file).parent.name}/{Path(file).name}:{line}({name})"
@@ -157,7 +193,7 @@ def profile_summary(profiler: cProfile.Profile, top: int) -> list[dict[str, Any]
     ]
 
 
-def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
+def run_inprocess(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
     worker = WorkerConfig(concurrency=256, batch_size=256, idle_poll_seconds=0.02)
     profiler = cProfile.Profile() if args.profile else None
     with simulated_city(
@@ -171,6 +207,7 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
         replay.hub.dispose()
     rate = replay.cases / seconds
     return {
+        "mode": "inprocess",
         "cases": replay.cases,
         "closed": replay.closed,
         "seconds": round(seconds, 1),
@@ -186,9 +223,225 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- deployed
+
+
+@contextmanager
+def department_process(department: str, directory: Path) -> Iterator[SimpleNamespace]:
+    """`hub simulate <department>` in its own process; the file drop gets a directory."""
+    port = free_port()
+    command = [sys.executable, "-m", "hub.cli", "simulate", department, "--port", str(port)]
+    root = None
+    if department == "sanitation":
+        root = directory / "sanitation-drop"
+        root.mkdir(parents=True, exist_ok=True)
+        command += ["--dir", str(root)]
+    with (directory / f"{department}.log").open("wb") as sink:
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answering(url, proc)
+        yield SimpleNamespace(url=url, simulator=SimpleNamespace(root=root))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+class Crews(threading.Thread):
+    """Once a second, at every department: every open work order one step, then closed
+    (the two status events per case). Counts the status events the departments made."""
+
+    def __init__(self, urls: dict[str, str], period: float = 1.0) -> None:
+        super().__init__(daemon=True, name="crews")
+        self.urls, self.period = urls, period
+        self.events = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(timeout=120) as client:
+            while not self.stopping.wait(self.period):
+                for url in self.urls.values():
+                    for close in (False, True):
+                        answer = client.post(
+                            f"{url}/__sim__/advance", json={"count": 10**9, "close": close}
+                        )
+                        answer.raise_for_status()
+                        self.events += len(answer.json()["changed"])
+
+
+class Deployed:
+    """Simulators and workers in their own processes; this process feeds intake."""
+
+    def __init__(self, args: argparse.Namespace, directory: Path, url: str) -> None:
+        self.args, self.directory, self.url = args, directory, url
+        self.phases: dict[str, float] = defaultdict(float)
+
+    def run(self) -> dict[str, Any]:
+        os.environ.setdefault(PASSWORD_ENV, pw_sim.DEFAULT_PASSWORD)
+        os.environ.setdefault(CE_PASSWORD_ENV, ce_sim.DEFAULT_PASSWORD)
+        upgrade(self.url)
+        with ExitStack() as stack:
+            servers = {
+                d: stack.enter_context(department_process(d, self.directory)) for d in DEPARTMENTS
+            }
+            city = SimulatedCity(self.directory, self.url, servers=servers, timeout_seconds=30)
+            config = write_config(
+                city,
+                self.directory / "hub.yaml",
+                worker={"concurrency": 256, "batch_size": 256, "idle_poll_seconds": 0.05},
+                poll_interval_seconds=1.0,
+                poll_overlap_seconds=2.0,
+            )
+            hub = city.hub()
+            workers = self.start_workers(config, stack)
+            time.sleep(3.0)  # imports, migrations checked, first polls: outside the clock
+            crews = Crews({d: s.url for d, s in servers.items()})
+            crews.start()
+            started = time.perf_counter()
+            fed = self.feed(hub)
+            closed = self.wait_closed(hub, fed)
+            seconds = time.perf_counter() - started
+            crews.stopping.set()
+            crews.join(timeout=30)
+            self.stop_workers(workers)
+            doc = self.figures(hub, fed, closed, seconds, crews.events)
+            hub.dispose()
+        return doc
+
+    # -- processes ------------------------------------------------------------------
+
+    def worker_count(self) -> int:
+        return self.args.workers if self.args.postgres else 1  # SQLite: one writer process
+
+    def start_workers(self, config: Path, stack: ExitStack) -> list[subprocess.Popen]:
+        env = {**os.environ, "HUB_DATABASE_URL": self.url, "HUB_LOG_LEVEL": "WARNING"}
+        processes = []
+        for slot in range(self.worker_count()):
+            command = [sys.executable]
+            if self.args.profile_worker and slot == 0:
+                command += ["-m", "cProfile", "-o", str(self.directory / "worker.prof")]
+            command += ["-m", "hub.cli", "worker", "-c", str(config), "--worker-id", f"r{slot}"]
+            log = stack.enter_context((self.directory / f"worker-{slot}.log").open("wb"))
+            processes.append(
+                subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+            )
+        return processes
+
+    def stop_workers(self, processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=60)
+
+    # -- feeding and waiting ---------------------------------------------------------
+
+    def feed(self, hub: Hub) -> list[str]:
+        """Submit chunk after chunk, holding the undelivered backlog under two chunks."""
+        ids: list[str] = []
+        chunk: list = []
+        for case in CaseGenerator(hub.mappings, seed=11).generate(self.args.cases):
+            chunk.append(case)
+            if len(chunk) == self.args.chunk:
+                ids += self.submit(hub, chunk)
+                chunk = []
+        if chunk:
+            ids += self.submit(hub, chunk)
+        return ids
+
+    def submit(self, hub: Hub, chunk: list) -> list[str]:
+        while self.backlog(hub) > 2 * self.args.chunk:
+            time.sleep(0.05)
+        started = time.perf_counter()
+        results = IntakeService(hub).submit_many(chunk, actor="replay")
+        self.phases["intake (this process)"] += time.perf_counter() - started
+        return [r.case.hub_id for r in results if r.created]
+
+    def backlog(self, hub: Hub) -> int:
+        ob = t.outbox.c
+        with hub.engine.connect() as conn:
+            return conn.execute(
+                select(func.count()).where(ob.state == "pending", ob.operation == "create")
+            ).scalar_one()
+
+    def wait_closed(self, hub: Hub, ids: list[str]) -> int:
+        done = [s.value for s in FINISHED]
+        deadline = time.perf_counter() + self.args.timeout
+        closed = 0
+        while time.perf_counter() < deadline:
+            with hub.engine.connect() as conn:
+                closed = conn.execute(
+                    select(func.count()).where(t.cases.c.status.in_(done))
+                ).scalar_one()
+            if closed >= len(ids):
+                break
+            time.sleep(0.25)
+        return closed
+
+    # -- figures ---------------------------------------------------------------------
+
+    def figures(
+        self, hub: Hub, ids: list[str], closed: int, seconds: float, crew_events: int
+    ) -> dict[str, Any]:
+        ob, ie = t.outbox.c, t.inbound_events.c
+        with hub.engine.connect() as conn:
+            deliveries = conn.execute(
+                select(ob.department, ob.created_at, ob.completed_at).where(
+                    ob.operation == "create", ob.state == "done"
+                )
+            ).all()
+            closures = conn.execute(
+                select(ie.occurred_at, ie.received_at).where(ie.outcome == "applied")
+            ).all()
+            events = conn.execute(select(func.count()).select_from(t.inbound_events)).scalar_one()
+        by_department: dict[str, list[float]] = defaultdict(list)
+        for department, made, done in deliveries:
+            if done:
+                by_department[department].append((done - made).total_seconds())
+        to_delivery = [lag for lags in by_department.values() for lag in lags]
+        lag = [max(0.0, (got - at).total_seconds()) for at, got in closures]
+        rate = len(ids) / seconds
+        doc = {
+            "mode": "deployed",
+            "workers": self.worker_count(),
+            "cases": len(ids),
+            "closed": closed,
+            "seconds": round(seconds, 1),
+            "cases_per_s": round(rate, 1),
+            "department_status_events": crew_events,
+            "status_events_received": events,
+            "p50_intake_to_delivery_s": round(percentile(to_delivery, 0.5), 3),
+            "p99_intake_to_delivery_s": round(percentile(to_delivery, 0.99), 3),
+            "intake_to_delivery_by_department": {
+                d: {
+                    "delivered": len(lags),
+                    "p50_s": round(percentile(lags, 0.5), 3),
+                    "p99_s": round(percentile(lags, 0.99), 3),
+                }
+                for d, lags in sorted(by_department.items())
+            },
+            "p50_status_lag_s": round(percentile(lag, 0.5), 3),
+            "p99_status_lag_s": round(percentile(lag, 0.99), 3),
+            "phases_s": {k: round(v, 1) for k, v in self.phases.items()},
+            "extrapolated_1m_minutes": round(TARGET_CASES / rate / 60, 1),
+            "meets_target": TARGET_CASES / rate <= TARGET_SECONDS,
+            "profile_top": self.worker_profile(),
+        }
+        return doc
+
+    def worker_profile(self) -> list[dict[str, Any]]:
+        path = self.directory / "worker.prof"
+        if not path.exists():
+            return []
+        return profile_rows(pstats.Stats(str(path), stream=io.StringIO()), self.args.top)
+
+
+def run_deployed(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
+    return Deployed(args, directory, url).run()
+
+
 def table(doc: dict[str, Any]) -> str:
     lines = [
-        f"store {doc['store']}: {doc['cases']} cases ({doc['closed']} closed) in"
+        f"store {doc['store']} ({doc['mode']}): {doc['cases']} cases ({doc['closed']} closed) in"
         f" {doc['seconds']} s = {doc['cases_per_s']} cases/s;"
         f" 1,000,000 would take {doc['extrapolated_1m_minutes']} min (target 30)",
         f"intake->delivery p50 {doc['p50_intake_to_delivery_s']} s, p99"
@@ -200,7 +453,8 @@ def table(doc: dict[str, Any]) -> str:
     for phase, secs in sorted(doc["phases_s"].items(), key=lambda kv: -kv[1]):
         lines.append(f"{phase:<20} {secs:>8.1f} {secs / total:>6.0%}")
     if doc["profile_top"]:
-        lines.append("cProfile (main thread), top by own time:")
+        where = "main thread" if doc["mode"] == "inprocess" else "first worker process"
+        lines.append(f"cProfile ({where}), top by own time:")
         for row in doc["profile_top"]:
             lines.append(f"  {row['tottime']:>7.2f}s {row['calls']:>9} {row['function']}")
     return "\n".join(lines)
@@ -208,10 +462,14 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=("deployed", "inprocess"), default="deployed")
     parser.add_argument("--cases", type=int, default=20_000)
     parser.add_argument("--chunk", type=int, default=2000, help="cases per pipeline round")
     parser.add_argument("--postgres", metavar="URL", help="PostgreSQL instead of SQLite")
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes (PostgreSQL)")
+    parser.add_argument("--profile-worker", action="store_true", help="cProfile the first worker")
+    parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json-out", type=Path)
     return parser.parse_args(argv)
@@ -221,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="hub-replay-") as tmp:
         directory = Path(tmp)
+        run = run_inprocess if args.mode == "inprocess" else run_deployed
         if args.postgres:
             with postgres_schema(args.postgres, prefix="hubreplay") as url:
                 doc = run(args, directory, url)
