@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
@@ -736,14 +739,82 @@ def serve(
         bool, typer.Option("--with-worker", help="Also deliver the outbox in this process.")
     ] = False,
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Server processes sharing the port (--with-worker runs the "
+                     "outbox worker in the first one)."),
+    ] = 1,
     config: ConfigOption = None,
 ) -> None:
     """Run the HTTP API (Open311 at /open311/v2/, /docs, /health, /ready) with uvicorn."""
+    import socket
+
+    _configure_logging()
+    if workers == 1:
+        _serve_one(config, host, port, None, with_worker=with_worker, access_log=access_log)
+        return
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    _load_config_or_exit(config)  # a bad config fails here, once, not in every child
+    children = []
+    for index in range(workers):
+        pid = os.fork()  # before any engine, thread or loop exists in this process
+        if pid == 0:
+            code = 0
+            try:
+                _serve_one(config, host, port, sock, with_worker=with_worker and index == 0,
+                           access_log=access_log)
+            except BaseException:
+                code = 1
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        children.append(pid)
+    sock.close()
+    _supervise(children)
+
+
+def _load_config_or_exit(config: Path | None) -> None:
+    try:
+        load_config(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(problem, markup=False, highlight=False)
+        raise typer.Exit(2) from exc
+
+
+def _supervise(children: list[int]) -> None:
+    """Forward SIGINT/SIGTERM to the server processes and wait for all of them."""
+    def forward(sig: int, _frame) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, forward)
+    failed = False
+    for pid in children:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+        failed |= os.waitstatus_to_exitcode(status) != 0
+    if failed:
+        raise typer.Exit(1)
+
+
+def _serve_one(config: Path | None, host: str, port: int, sock, *, with_worker: bool,
+               access_log: bool) -> None:
+    """One uvicorn server (uvloop + httptools when installed) on `sock` or host:port."""
     import uvicorn
 
     from hub.api.app import create_app
 
-    _configure_logging()
     hub = _hub(config)
     server = uvicorn.Server(  # log_config=None: uvicorn's records go through our handler
         uvicorn.Config(
@@ -762,8 +833,8 @@ def serve(
             from hub.services.dispatch import Dispatcher
 
             worker_task = asyncio.create_task(Dispatcher(hub).run(stop=stop))
-        try:
-            await server.serve()  # returns on SIGINT/SIGTERM (uvicorn's handlers)
+        try:  # returns on SIGINT/SIGTERM (uvicorn's handlers)
+            await server.serve(sockets=[sock] if sock is not None else None)
         finally:
             stop.set()
             if worker_task is not None:
@@ -772,7 +843,17 @@ def serve(
             await hub.aclose()
             hub.dispose()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory():
+    """uvloop's event loop when it is installed (uvicorn[standard] brings it), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 # --------------------------------------------------------------------------- apikey
@@ -930,9 +1011,37 @@ def soak(
     raise typer.Exit(0 if report.ok else 1)
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def _missing_schema(error: Exception) -> bool:
+    """SQLite's "no such table" or PostgreSQL's undefined table/column: not migrated."""
+    text = str(getattr(error, "orig", error)).lower()
+    return "no such table" in text or "does not exist" in text or "no such column" in text
+
+
+def main() -> None:
+    """The `hub` command: the Typer app, plus one plain sentence instead of a traceback when
+    the database has no hub schema (or an older one) yet."""
+    from sqlalchemy.exc import OperationalError, ProgrammingError
+
+    from hub.mapping import MappingError
+
+    try:
+        app()
+    except MappingError as error:  # loaded lazily, so it can surface in any command
+        for problem in error.problems:
+            err.print(str(problem), markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (OperationalError, ProgrammingError) as error:
+        if not _missing_schema(error):
+            raise
+        err.print(
+            "the database has no hub schema yet, or an older one: run `hub db upgrade` "
+            "(it reads HUB_DATABASE_URL, like every command)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

@@ -32,6 +32,12 @@ def validate_paths(paths: list[Path] | None = None) -> list[Problem]:
 def collect(directory: Path, paths: list[Path] | None) -> tuple[list[Problem], list[Doc]]:
     """Load, parse and check; returns the problems of target files and all documents."""
     directory_files = sorted(directory.glob("*.yaml")) if directory.is_dir() else []
+    if paths is None and not directory.is_dir():
+        # An empty catalogue would turn every case into "unknown service": say why instead.
+        where = "HUB_CONFIG's mappings: or run from the directory that holds mappings/"
+        return [
+            Problem(str(directory.resolve()), 0, "mappings", f"directory not found (set {where})")
+        ], []
     targets = [Path(p) for p in paths] if paths is not None else directory_files
     target_keys = {_same_file(p) for p in targets}
     docs = [_load(p, target=True) for p in targets]
