@@ -42,7 +42,8 @@ FILES = [
     ("311_records/boston/boston311-100.csv", ExportFormat.BOSTON_CSV, 100, 58, 42),
     ("311_records/sf/sf311_open311_2011_django_fixture.json", ExportFormat.SF_FIXTURE,
      500, 318, 182),
-    ("open311/bloomington/bloomington_requests.json", ExportFormat.OPEN311_JSON, 21, 1, 20),
+    ("open311/bloomington/bloomington_requests.json", ExportFormat.OPEN311_JSON, 21, 9, 12),
+    ("open311/chicago/chicago_requests.json", ExportFormat.OPEN311_JSON, 2, 2, 0),
 ]
 
 
