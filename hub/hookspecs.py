@@ -25,7 +25,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from hub.adapters import Adapter
-    from hub.model import Case, CaseStatus, DispatchDecision, Route, StatusEvent
+    from hub.model import Case, CaseStatus, DispatchDecision, PeriodicJob, Route, StatusEvent
     from hub.services.runtime import Hub
 
 PROJECT = "hub"
@@ -111,4 +111,25 @@ def hub_on_status_change(
 
     Called after the change is committed. Implementations must not raise; anything
     durable they need (a callback POST) must go through the outbox so it is retried.
+    """
+
+
+# --------------------------------------------------------------------------- housekeeping
+
+
+@hookspec
+def hub_periodic_jobs(hub: Hub) -> list[PeriodicJob] | None:
+    """Ask the workers' schedulers to run a job of this plugin periodically.
+
+    :param hub: the running hub; return no jobs when your department is not configured.
+    :return: a list of :class:`hub.model.PeriodicJob` (``name``, ``every_seconds``, and
+        ``run``: an async function taking the hub), or None.
+
+    Every ``hub worker`` runs a scheduler (unless ``--no-scheduler``), but each run is
+    first claimed in the database by (job name, time slot), so one process runs each slot
+    however many workers there are; the outcome (``ok``/``failed`` and the result's
+    ``as_dict()``) is recorded in ``job_runs``. A run that raises is recorded as failed
+    and the next slot tries again. Use it for sweeps that must not depend on a single
+    event arriving (release holds that outlived their limit, heal a lost enqueue); write
+    through the hub's services, like every hook.
     """

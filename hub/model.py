@@ -321,6 +321,17 @@ class Route(BaseModel):
     reason: str = "service catalogue"
 
 
+class PeriodicJob(BaseModel):
+    """A plugin's periodic job (``hub_periodic_jobs``): ``run(hub)`` is awaited every
+    ``every_seconds`` by one worker process per slot (claimed in the database)."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.:-]{0,60}$")
+    every_seconds: float = Field(gt=0)
+    run: Any  # async (hub) -> result; a result with as_dict() is recorded on the run
+
+
 class DispatchDecision(BaseModel):
     """A before-dispatch hook's answer: proceed, or hold the case with a reason."""
 

@@ -12,6 +12,7 @@ from adapters.gis.plugin import (
     hub_before_dispatch,
     hub_enrich_case,
     hub_on_status_change,
+    hub_periodic_jobs,
 )
 from hub.hookspecs import hookimpl
 
@@ -21,6 +22,7 @@ __all__ = [
     "hub_before_dispatch",
     "hub_enrich_case",
     "hub_on_status_change",
+    "hub_periodic_jobs",
     "hub_register_adapters",
     "reconcile_section",
 ]

@@ -29,7 +29,10 @@ now makes the handler retry shortly; one that was attempted or delivered is neve
 
 A GIS that stays down: after ``max_hold_seconds`` (or the last attempt, or a permanent
 error) the held create is released on the service-code route (``gis_status: unavailable``)
-and enrichment keeps retrying for the record.
+and enrichment keeps retrying for the record. While the GIS circuit is open no enrich row
+is attempted, so that check alone could hold a case far past the limit: the periodic job
+``gis:release-overdue`` (``hub_periodic_jobs``) releases every overdue hold and re-queues a
+lost enrich row, whatever the circuit does.
 
 Releasing obeys every hold, not only ours: :mod:`hub.services.holds` releases the create
 only when no plugin's ``hub_before_dispatch`` holds the case any more (no fee unpaid, the
@@ -54,6 +57,7 @@ from hub.model import (
     CaseStatus,
     DispatchDecision,
     EventLevel,
+    PeriodicJob,
     Route,
     StatusEvent,
     as_utc,
@@ -394,6 +398,41 @@ def enrichment_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
                     session.enqueue(case_id, gis.department, ENRICH, key=key)
         session.commit()
     return {"configured": True, "awaiting_without_job": orphans, "healed": heal}
+
+
+@hookimpl
+def hub_periodic_jobs(hub: Hub) -> list[PeriodicJob] | None:
+    gis = gis_adapter(hub)
+    if gis is None:
+        return None
+    every = min(60.0, max(5.0, gis.config.max_hold_seconds / 4))
+    return [PeriodicJob(name="gis:release-overdue", every_seconds=every, run=release_overdue)]
+
+
+async def release_overdue(hub: Hub) -> dict[str, Any]:
+    """Release every create held for the GIS longer than ``max_hold_seconds``; re-queue
+    enrich rows lost to a crash (the reconcile's heal, between nightly runs)."""
+    return await asyncio.to_thread(_release_overdue, hub)
+
+
+def _release_overdue(hub: Hub) -> dict[str, Any]:
+    gis = gis_adapter(hub)
+    if gis is None:
+        return {}
+    limit = timedelta(seconds=gis.config.max_hold_seconds)
+    now = utcnow()
+    overdue = []
+    with holds.case_session(hub) as session:
+        for case in session.cases(session.held_case_ids()).values():
+            if case.attributes.get(STATUS_FIELD) != AWAITING:
+                continue
+            held = [i for i in session.deliveries(case.hub_id) if i.state == "held"]
+            if held and now - min(as_utc(i.created_at) for i in held) >= limit:
+                overdue.append(case.hub_id)
+    reason = f"held longer than max_hold_seconds ({gis.config.max_hold_seconds:g} s)"
+    released = sum(release_unenriched(hub, case_id, reason) for case_id in overdue)
+    requeued = enrichment_report(hub, heal=True)["awaiting_without_job"]
+    return {"overdue": len(overdue), "released": released, "enrich_requeued": len(requeued)}
 
 
 def _register() -> None:

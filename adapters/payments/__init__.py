@@ -12,6 +12,7 @@ from adapters.payments.plugin import (
     hub_before_dispatch,
     hub_enrich_case,
     hub_on_status_change,
+    hub_periodic_jobs,
     payments_report,
     receive_webhook,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "hub_before_dispatch",
     "hub_enrich_case",
     "hub_on_status_change",
+    "hub_periodic_jobs",
     "hub_register_adapters",
     "payments_report",
     "receive_webhook",

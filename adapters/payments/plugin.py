@@ -46,6 +46,7 @@ from hub.model import (
     DeliveryState,
     DispatchDecision,
     EventLevel,
+    PeriodicJob,
     StatusEvent,
     utcnow,
 )
@@ -477,6 +478,24 @@ def _check(session: CaseSession, case: Case, dept: str, found: dict, heal: bool)
             _enqueue_in(session, case.hub_id, dept, INTENT)
     elif status not in FINAL and not cancelled:
         found["awaiting_payment"].append(case.hub_id)
+
+
+HEAL_EVERY_SECONDS = 300.0
+
+
+@hookimpl
+def hub_periodic_jobs(hub: Hub) -> list[PeriodicJob] | None:
+    if payments_adapter(hub) is None:
+        return None
+    return [PeriodicJob(name="payments:heal", every_seconds=HEAL_EVERY_SECONDS, run=heal_gate)]
+
+
+async def heal_gate(hub: Hub) -> dict[str, Any]:
+    """The reconcile's payments section with ``heal`` (release paid holds, enqueue missing
+    intents and refunds; never un-dispatch), every few minutes instead of nightly: a
+    webhook lost together with the last status poll no longer waits a day."""
+    report = await asyncio.to_thread(payments_report, hub, heal=True)
+    return report.get("counts", {})
 
 
 def _register() -> None:

@@ -9,7 +9,8 @@ to the epoch grid and the slot is the nearest grid point (so jitter of a few sec
 between processes names the same slot); the nightly reconcile's slot is the UTC date.
 
 Jobs: ``poll:<department>`` every ``poll_interval_seconds`` for departments with
-``status_poll``; ``reconcile`` daily at ``reconcile_at`` (HH:MM UTC).
+``status_poll``; ``reconcile`` daily at ``reconcile_at`` (HH:MM UTC); and the plugins'
+jobs (``hub_periodic_jobs``), each under its own name on the same epoch grid.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from hub.model import utcnow
+from hub.model import PeriodicJob, utcnow
 from hub.services.runtime import Hub
 from hub.services.sync import StatusSync
 
@@ -111,6 +112,19 @@ class Scheduler:
 
         return await self.run_claimed("reconcile", daily_slot(self.clock()), work)
 
+    def plugin_jobs(self) -> list[PeriodicJob]:
+        jobs = [
+            j for found in self.hub.pm.hook.hub_periodic_jobs(hub=self.hub) for j in found or []
+        ]
+        names = [job.name for job in jobs]
+        if len(names) != len(set(names)):
+            raise ValueError(f"two plugins declare the same periodic job name: {sorted(names)}")
+        return jobs
+
+    async def periodic(self, job: PeriodicJob) -> bool:
+        slot = interval_slot(self.clock(), job.every_seconds)
+        return await self.run_claimed(job.name, slot, lambda: job.run(self.hub))
+
     # ----------------------------------------------------------------------- the clock
 
     def start(self) -> AsyncIOScheduler:
@@ -124,6 +138,14 @@ class Scheduler:
                 IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=UTC),
                 args=[department],
                 id=f"poll:{department}",
+                **defaults,
+            )
+        for job in self.plugin_jobs():
+            scheduler.add_job(
+                self.periodic,
+                IntervalTrigger(seconds=job.every_seconds, start_date=EPOCH, timezone=UTC),
+                args=[job],
+                id=f"plugin:{job.name}",
                 **defaults,
             )
         hour, minute = (int(p) for p in self.hub.config.reconcile_at.split(":"))
@@ -144,6 +166,8 @@ class Scheduler:
 
 
 def _detail(result: Any) -> dict[str, Any]:
+    if isinstance(result, dict):
+        return result
     as_dict = getattr(result, "as_dict", None)
     if callable(as_dict):
         data = as_dict()

@@ -10,16 +10,21 @@ import asyncio
 import csv
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from adapters.gis.cache import MISS, TTLCache
-from hub.model import Case
+from hub.model import Case, utcnow
 from hub.services.dispatch import Dispatcher
 from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
+from hub.services.scheduler import Scheduler
+from hub.store import tables as t
+from hub.store.repository import DepartmentHealth
 from hub.testing.harness import SimulatedCity, simulated_city
 from hub.testing.simulators.gis import WARD_3_AT, GisSimulator
 
@@ -166,6 +171,54 @@ def test_long_outage_dispatches_on_service_code_then_records_the_difference(
             kinds = [e.kind for e in uow.timeline.for_case(pothole.hub_id)]
         assert got.attributes["ward"] == "3" and got.team == "Street Maintenance"
         assert "route_differs" in kinds and "enrichment_unavailable" in kinds
+
+
+def test_a_hold_past_its_limit_is_released_by_the_sweep_while_the_gis_circuit_is_open(
+    tmp_path: Path, db_url: str
+) -> None:
+    with simulated_city(tmp_path / "c", database_url=db_url, gis=True) as city:
+        config = city.config()
+        config.departments["gis"].settings["max_hold_seconds"] = 0.2
+        hub = Hub(config, database=city.database_url)
+        city.set_faults("gis", "outage")
+        pothole = case("circuit-open", lat=WARD_3_AT[0], long=WARD_3_AT[1])
+        IntakeService(hub).submit(pothole)
+        with hub.uow() as uow:  # the circuit is open for an hour: no enrich attempt runs
+            later = utcnow() + timedelta(hours=1)
+            uow.departments.put(
+                DepartmentHealth("gis", circuit="open", opened_at=utcnow(), retry_at=later)
+            )
+            uow.commit()
+        drain(hub, 1.0, until_empty=False)
+        with hub.uow() as uow:  # past max_hold_seconds, and nothing noticed
+            assert uow.work_orders.get(pothole.hub_id, "publicworks").delivery_state == "held"
+        scheduler = Scheduler(hub, worker_id="sweeper")
+        [job] = [j for j in scheduler.plugin_jobs() if j.name == "gis:release-overdue"]
+        assert asyncio.run(scheduler.periodic(job)) is True
+        assert asyncio.run(scheduler.periodic(job)) is False  # the same slot runs once
+        drain(hub, 2.0, until_empty=False)
+        with hub.uow() as uow:
+            order = uow.work_orders.get(pothole.hub_id, "publicworks")
+            got = uow.cases.get(pothole.hub_id)
+            events = uow.timeline.for_case(pothole.hub_id)
+            runs = uow.connection.execute(
+                select(t.job_runs.c.outcome, t.job_runs.c.detail).where(
+                    t.job_runs.c.job == "gis:release-overdue"
+                )
+            ).all()
+        assert order.delivery_state == "delivered"
+        assert got.attributes["gis_status"] == "unavailable"
+        assert any(
+            e.kind == "enrichment_unavailable" and "max_hold_seconds" in e.message for e in events
+        )
+        assert [(r.outcome, r.detail["released"]) for r in runs] == [("ok", 1)]
+        hub.dispose()
+
+
+def test_the_sweep_is_only_declared_where_a_gis_is_configured(tmp_path: Path) -> None:
+    with simulated_city(tmp_path / "plain") as city:
+        names = [j.name for j in Scheduler(city.hub(), worker_id="w").plugin_jobs()]
+    assert "gis:release-overdue" not in names and "payments:heal" not in names
 
 
 def test_cache_is_bounded_in_size_and_time() -> None:

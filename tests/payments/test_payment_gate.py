@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import delete
 
 from adapters.payments.adapter import minor_units, sign
 from adapters.payments.plugin import payments_report
@@ -21,6 +22,8 @@ from hub.services.dispatch import Dispatcher
 from hub.services.intake import IntakeService
 from hub.services.outbound import OutboundService
 from hub.services.runtime import Hub
+from hub.services.scheduler import Scheduler
+from hub.store import tables as t
 from hub.testing.harness import SimulatedCity, simulated_city
 from hub.testing.simulators.payments import DEFAULT_WEBHOOK_SECRET, PaymentsSimulator
 
@@ -83,6 +86,26 @@ def test_fee_case_waits_for_payment_then_is_dispatched_exactly_once(city: Simula
         creates = [i for i in uow.outbox.for_case(case.hub_id) if i.operation == "create"]
     assert [(i.state, i.attempts) for i in creates] == [("done", 1)]
     assert payments_report(hub)["counts"]["dispatched_not_paid"] == 0
+
+
+def test_the_periodic_heal_requests_a_payment_whose_enqueue_was_lost(city: SimulatedCity) -> None:
+    hub = city.hub()
+    result = IntakeService(hub).submit(bulk("lost-enqueue"))
+    with hub.uow() as uow:  # a crash between intake's commit and the hook's enqueue
+        ob = t.outbox.c
+        uow.connection.execute(
+            delete(t.outbox).where(ob.case_id == result.case.hub_id, ob.operation != "create")
+        )
+        uow.commit()
+    work(hub, 1.0)
+    case, order, kinds = state(hub, result.case.hub_id)
+    assert "payment_requested" not in kinds and order.delivery_state == "held"
+    [job] = [j for j in Scheduler(hub, worker_id="w").plugin_jobs() if j.name == "payments:heal"]
+    assert asyncio.run(Scheduler(hub, worker_id="w").periodic(job)) is True
+    work(hub, 1.0)
+    case, order, kinds = state(hub, result.case.hub_id)
+    assert "payment_requested" in kinds and case.attributes["payment_reference"]
+    assert sim(city).create_calls[result.case.hub_id] == 1
 
 
 def test_declined_payment_is_never_dispatched(city: SimulatedCity) -> None:

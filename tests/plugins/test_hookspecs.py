@@ -25,6 +25,7 @@ def test_there_are_hooks() -> None:
         "hub_choose_route",
         "hub_enrich_case",
         "hub_on_status_change",
+        "hub_periodic_jobs",
         "hub_register_adapters",
     ]
 
