@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from hub.api import errors
 from hub.api.auth import ApiKeyChecker
 from hub.api.batcher import IntakeBatcher
-from hub.api.open311 import ApiState
+from hub.api.open311 import FORMATS, PREFIX, ApiState, create_request
 from hub.api.open311 import router as open311_router
 from hub.model import utcnow
 from hub.observability.http import install as install_observability
@@ -59,8 +59,14 @@ class BodyLimitMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             status = 413 if declared.isdigit() else 400
-            errs = [{"code": status, "description": f"request body larger than "
-                     f"{self.max_bytes} bytes" if status == 413 else "bad Content-Length"}]
+            errs = [
+                {
+                    "code": status,
+                    "description": f"request body larger than {self.max_bytes} bytes"
+                    if status == 413
+                    else "bad Content-Length",
+                }
+            ]
             response = errors.error_response(scope["path"], status, errs)
             await response(scope, receive, send)
             return
@@ -76,6 +82,39 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted, send)
+
+
+class IntakeFastPath:
+    """POST /open311/v2/requests.{json,xml} straight to its endpoint, past FastAPI's route
+    matching, parameter solving and exit stacks (a third of the request's CPU). The route
+    stays declared (OpenAPI) and runs the same function; errors get the same Open311
+    answers as through the exception handlers, and the route template labels the metrics.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.paths = {f"{PREFIX}/requests.{fmt}": fmt for fmt in FORMATS}
+        template = f"{PREFIX}/requests.{{fmt}}"
+        self.route = next(
+            r
+            for r in open311_router.routes
+            if getattr(r, "path", None) == template and "POST" in getattr(r, "methods", ())
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        fmt = self.paths.get(scope.get("path", "")) if scope["type"] == "http" else None
+        if fmt is None or scope["method"] != "POST" or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = self.route
+        scope["path_params"] = {"fmt": fmt}
+        try:
+            response = await create_request(Request(scope, receive, send))
+        except errors.Open311Error as exc:
+            response = errors.error_response(scope["path"], exc.status, exc.errors)
+        except StarletteHTTPException as exc:
+            response = errors.http_error_response(scope["path"], exc)
+        await response(scope, receive, send)
 
 
 def _ready_checks(hub: Hub) -> dict[str, Any]:
@@ -120,7 +159,7 @@ def create_app(hub: Hub | None = None, *, max_body_bytes: int = MAX_BODY_BYTES) 
     hub = hub or Hub.from_environment()
     state = ApiState(
         hub=hub,
-        keys=ApiKeyChecker(ApiKeyService(hub.engine)),
+        keys=ApiKeyChecker(ApiKeyService(hub.engine, read_engine=hub.read_engine)),
         batcher=IntakeBatcher(IntakeService(hub)),
         jurisdiction_id=os.environ.get(JURISDICTION_ENV) or None,
         changeset=utcnow(),
@@ -143,6 +182,7 @@ def create_app(hub: Hub | None = None, *, max_body_bytes: int = MAX_BODY_BYTES) 
     app.state.open311 = state
     app.state.hub = hub
     errors.install(app)
+    app.add_middleware(IntakeFastPath)  # inside the body limit and observability
     app.add_middleware(BodyLimitMiddleware, max_bytes=max_body_bytes)
     app.include_router(open311_router)
     _extra_routers(app)
@@ -156,7 +196,9 @@ def create_app(hub: Hub | None = None, *, max_body_bytes: int = MAX_BODY_BYTES) 
     async def ready() -> JSONResponse:
         checks = await asyncio.wait_for(run_in_threadpool(_ready_checks, hub), timeout=10)
         ok = all(value == "ok" for value in checks.values())
-        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {"status": "ready" if ok else "not ready", "checks": checks},
+            status_code=200 if ok else 503,
+        )
 
     return app

@@ -7,6 +7,7 @@ reaches every process within CACHE_SECONDS.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ class ApiKeyChecker:
         self.service = service
         self.cache_seconds = cache_seconds
         self._cache: dict[str, tuple[str, float]] = {}
+        self._pending: dict[str, asyncio.Future[str | None]] = {}
 
     async def require(self, key: str | None) -> str:
         """The key's name; raises a 403 Open311Error when it is missing, unknown or revoked."""
@@ -33,7 +35,14 @@ class ApiKeyChecker:
         now = time.monotonic()
         if cached and cached[1] > now:
             return cached[0]
-        name = await run_in_threadpool(self.service.verify, key)
+        # One lookup per key at a time: when the cache entry expires under load, the
+        # requests holding that key share it instead of each taking a thread.
+        pending = self._pending.get(hashed)
+        if pending is None:
+            pending = asyncio.ensure_future(run_in_threadpool(self.service.verify, key))
+            self._pending[hashed] = pending
+            pending.add_done_callback(lambda _: self._pending.pop(hashed, None))
+        name = await asyncio.shield(pending)
         if name is None:
             self._cache.pop(hashed, None)
             raise Open311Error(403, INVALID)

@@ -67,6 +67,19 @@ _REASONS = {
 }
 
 
+def http_error_response(path: str, exc: StarletteHTTPException) -> Response:
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    description = detail or _REASONS.get(exc.status_code, "error")
+    if exc.status_code == 404 and description == "Not Found":
+        description = f"no resource at {path}"
+    return error_response(
+        path,
+        exc.status_code,
+        [{"code": exc.status_code, "description": description}],
+        headers=dict(exc.headers or {}),
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into the Open311 form."""
 
@@ -81,16 +94,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
-        detail = exc.detail if isinstance(exc.detail, str) else None
-        description = detail or _REASONS.get(exc.status_code, "error")
-        if exc.status_code == 404 and description == "Not Found":
-            description = f"no resource at {request.url.path}"
-        return error_response(
-            request.url.path,
-            exc.status_code,
-            [{"code": exc.status_code, "description": description}],
-            headers=dict(exc.headers or {}),
-        )
+        return http_error_response(request.url.path, exc)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

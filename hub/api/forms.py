@@ -71,7 +71,7 @@ def token_for(hub_id: str) -> str:
     return hashlib.sha256(f"open311-token\x1f{hub_id}".encode()).hexdigest()[:32]
 
 
-def _fields(items: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
+def form_fields(items: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
     fields: dict[str, list[str]] = {}
     for name, value in items:
         if isinstance(value, str):  # an uploaded file is not a GeoReport field: ignored
@@ -79,10 +79,17 @@ def _fields(items: Iterable[tuple[str, Any]]) -> dict[str, list[str]]:
     return fields
 
 
-def _one(fields: dict[str, list[str]], name: str) -> str | None:
-    """The field's value; empty means absent ("optional" in GeoReport v2)."""
-    values = [v.strip() for v in fields.get(name, []) if v.strip()]
-    return values[-1] if values else None
+def first_field(fields: dict[str, list[str]], name: str) -> str | None:
+    """The field's value (the last non-empty one); empty means absent ("optional" in
+    GeoReport v2)."""
+    for value in reversed(fields.get(name, ())):
+        value = value.strip()
+        if value:
+            return value
+    return None
+
+
+_one = first_field
 
 
 def parse_form(
@@ -92,7 +99,18 @@ def parse_form(
     idempotency_key: str | None,
     key_name: str,
 ) -> ServiceRequestForm:
-    fields = _fields(items)
+    return parse_fields(
+        form_fields(items), catalogue, idempotency_key=idempotency_key, key_name=key_name
+    )
+
+
+def parse_fields(
+    fields: dict[str, list[str]],
+    catalogue: dict[str, ServiceDefinition],
+    *,
+    idempotency_key: str | None,
+    key_name: str,
+) -> ServiceRequestForm:
     problems: list[str] = []
     code = _one(fields, "service_code")
     if code is None:
@@ -234,8 +252,11 @@ def _attribute_value(attr: ServiceAttribute, values: list[str], problems: list[s
 def parse_datetime(text: str) -> datetime | None:
     """W3C/ISO 8601 datetime or date; a value without an offset is taken as UTC."""
     try:
-        parsed = datetime.fromisoformat(text.strip().replace(" ", "+", 1) if "T" in text
-                                        and " " in text.strip() else text.strip())
+        parsed = datetime.fromisoformat(
+            text.strip().replace(" ", "+", 1)
+            if "T" in text and " " in text.strip()
+            else text.strip()
+        )
     except ValueError:
         return None
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
+from typing import Annotated, Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -18,7 +19,7 @@ from hub.api import shapes
 from hub.api.auth import ApiKeyChecker
 from hub.api.batcher import IntakeBatcher
 from hub.api.errors import bad_request, not_found
-from hub.api.forms import parse_datetime, parse_form, token_for
+from hub.api.forms import first_field, form_fields, parse_datetime, parse_fields, token_for
 from hub.api.queries import search_cases
 from hub.mapping import ServiceDefinition
 from hub.model import Case, utcnow
@@ -29,6 +30,8 @@ FORMATS = ("json", "xml")
 DEFAULT_WINDOW = timedelta(days=90)  # GeoReport v2: last 90 days or 1000 requests
 MAX_WINDOW = timedelta(days=90)
 MAX_REQUESTS = 1000
+MAX_FIELDS = 1000  # as Starlette's form parser
+URLENCODED = "application/x-www-form-urlencoded"
 
 router = APIRouter(prefix=PREFIX, tags=["Open311 GeoReport v2"])
 
@@ -119,25 +122,82 @@ async def service_definition(
 # --------------------------------------------------------------------------- POST requests
 
 
+# The hot path takes only the Request: no FastAPI parameter solving or python-multipart
+# for the usual urlencoded body. The parameters are documented here instead.
+_CREATE_OPENAPI = {
+    "parameters": [
+        {
+            "name": "fmt",
+            "in": "path",
+            "required": True,
+            "schema": {"type": "string", "title": "Fmt", "enum": list(FORMATS)},
+        },
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "title": "Idempotency-Key"},
+        },
+    ],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "required": ["api_key", "service_code"],
+                    "properties": {
+                        name: {"type": "string"}
+                        for name in (
+                            "api_key",
+                            "jurisdiction_id",
+                            "service_code",
+                            "lat",
+                            "long",
+                            "address_string",
+                            "address_id",
+                            "description",
+                            "media_url",
+                            "email",
+                            "first_name",
+                            "last_name",
+                            "phone",
+                            "device_id",
+                            "account_id",
+                            "source_system",
+                            "source_id",
+                        )
+                    },
+                    "additionalProperties": {"type": "string"},
+                    "description": "attribute[CODE]=value; attribute[CODE][]=v repeated for "
+                    "a multivaluelist",
+                }
+            },
+            "multipart/form-data": {"schema": {"type": "object"}},
+        },
+    },
+}
+
+
 @router.post(
     "/requests.{fmt}",
     summary="Create a service request (form-encoded)",
     description="Form fields per GeoReport v2; api_key required. Idempotent with an "
     "`Idempotency-Key` header or `source_system`+`source_id` fields (see docs/api.md).",
     status_code=201,
+    openapi_extra=_CREATE_OPENAPI,
 )
-async def create_request(
-    request: Request,
-    fmt: Fmt,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-) -> Response:
+async def create_request(request: Request) -> Response:
     state = _state(request)
-    fmt = _fmt(fmt)
-    form = await request.form()
-    key_name = await state.keys.require(_last(form.getlist("api_key")))
-    _jurisdiction(state, _last(form.getlist("jurisdiction_id")))
-    parsed = parse_form(
-        form.multi_items(), state.catalogue, idempotency_key=idempotency_key, key_name=key_name
+    fmt = _fmt(request.path_params["fmt"])
+    fields = form_fields(await _form_items(request))
+    key_name = await state.keys.require(first_field(fields, "api_key"))
+    _jurisdiction(state, first_field(fields, "jurisdiction_id"))
+    parsed = parse_fields(
+        fields,
+        state.catalogue,
+        idempotency_key=request.headers.get("idempotency-key"),
+        key_name=key_name,
     )
     case = parsed.to_case()
     result = await state.batcher.submit(case, token_for(case.hub_id))
@@ -146,14 +206,25 @@ async def create_request(
         raise bad_request(
             "this idempotency key / source id was already used for a different service_code"
         )
-    item = _post_item(stored, parsed.service, parsed.requester.account_id
-                      if parsed.requester else None)
+    item = _post_item(
+        stored, parsed.service, parsed.requester.account_id if parsed.requester else None
+    )
     return shapes.respond(fmt, "service_requests", [item], 201 if result.created else 200)
 
 
-def _last(values: list) -> str | None:
-    texts = [v.strip() for v in values if isinstance(v, str) and v.strip()]
-    return texts[-1] if texts else None
+async def _form_items(request: Request) -> list[tuple[str, Any]]:
+    """The form's fields in order. A urlencoded body is split here (the usual case, and
+    what python-multipart would do, with the same latin-1 + percent-UTF-8 decoding);
+    multipart bodies go through Starlette."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.partition(";")[0].strip().lower() != URLENCODED:
+        form = await request.form()
+        return form.multi_items()
+    body = await request.body()
+    try:
+        return parse_qsl(body.decode("latin-1"), keep_blank_values=True, max_num_fields=MAX_FIELDS)
+    except ValueError:  # more than MAX_FIELDS fields
+        raise bad_request(f"Too many fields. Maximum number of fields is {MAX_FIELDS}.") from None
 
 
 def _post_item(case: Case, service: ServiceDefinition, account_id: str | None) -> dict:
@@ -315,4 +386,3 @@ async def service_request_updates(
     updates = await run_in_threadpool(_updates, state.hub, start, end)
     items = [shapes.update_item(u) for u in updates]
     return shapes.respond(fmt, "service_request_updates", items)
-

@@ -59,8 +59,12 @@ def env_keys() -> list[str]:
 
 
 class ApiKeyService:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, read_engine: Engine | None = None) -> None:
         self.engine = engine
+        # The lookup is a read: on SQLite a read engine's BEGIN takes no write lock, so a
+        # key check does not queue behind intake's group commits (only the rare
+        # last-used update writes).
+        self.read_engine = read_engine or engine
 
     def create(self, name: str, *, scopes: str = "write") -> tuple[ApiKey, str]:
         """A new key named `name`; returns the record and the plain key (never stored)."""
@@ -107,20 +111,23 @@ class ApiKeyService:
         for plain in env_keys():  # constant-time compare; the env key's name is its prefix
             if hmac.compare_digest(plain.encode(), key.encode()):
                 return f"env:{plain[:PREFIX_CHARS]}"
-        with self.engine.connect() as conn:
+        with self.read_engine.connect() as conn:
             row = conn.execute(
-                select(t.api_keys.c.id, t.api_keys.c.name, t.api_keys.c.revoked_at,
-                       t.api_keys.c.last_used_at)
-                .where(t.api_keys.c.key_hash == digest(key))
+                select(
+                    t.api_keys.c.id,
+                    t.api_keys.c.name,
+                    t.api_keys.c.revoked_at,
+                    t.api_keys.c.last_used_at,
+                ).where(t.api_keys.c.key_hash == digest(key))
             ).first()
-            if row is None or row.revoked_at is not None:
-                return None
-            now = utcnow()
-            if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:
+        if row is None or row.revoked_at is not None:
+            return None
+        now = utcnow()
+        if row.last_used_at is None or now - row.last_used_at > LAST_USED_EVERY:
+            with self.engine.begin() as conn:
                 conn.execute(
                     update(t.api_keys).where(t.api_keys.c.id == row.id).values(last_used_at=now)
                 )
-                conn.commit()
         return row.name
 
     @staticmethod

@@ -15,7 +15,10 @@ def test_quick_run_prints_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "intake.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
@@ -26,3 +29,19 @@ def test_quick_run_prints_table_and_json(tmp_path: Path) -> None:
     assert cell["store"] == "sqlite/FULL" and cell["errors"] == 0
     assert cell["ok"] == cell["n"] == cell["cases_in_store"]  # nothing lost, nothing doubled
     assert cell["rps"] > 0 and 0 < cell["p50_ms"] <= cell["p99_ms"] <= cell["max_ms"]
+
+
+def test_quick_run_with_two_server_processes(tmp_path: Path) -> None:
+    """`hub serve --workers 2` on SQLite: two processes share the port and the one writer."""
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--workers", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    [cell] = json.loads(done.stdout.strip().splitlines()[-1])["cells"]
+    assert cell["workers"] == 2 and cell["errors"] == 0
+    assert cell["ok"] == cell["n"] == cell["cases_in_store"]  # nothing lost, nothing doubled
+    assert cell["client_cpu_pct"] > 0 and cell["server_cpu_pct"] > 0
