@@ -965,8 +965,9 @@ def import_file(
         return
     verb = "would import" if dry_run else "imported"
     out.print(
-        f"{file.name} ({summary.format}): read {summary.read}, {verb} {summary.imported}, "
-        f"skipped {summary.duplicates} duplicates, rejected {summary.rejected}",
+        f"{file.name} ({summary.format}): read {summary.read}, {verb} {summary.imported}"
+        f" ({summary.closed_not_dispatched} closed at the source: recorded, not dispatched),"
+        f" skipped {summary.duplicates} duplicates, rejected {summary.rejected}",
         markup=False,
     )
     if summary.reasons:

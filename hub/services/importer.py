@@ -3,6 +3,11 @@
 Idempotent: every imported case's hub id derives from (source system, source id), so a
 second run finds every case already there and reports them as duplicates. `dry_run`
 reads and checks everything and writes nothing.
+
+A record the CRM already finished (status Closed, Resolved, Cancelled…) is history: it is
+recorded with its final status and a timeline line saying so, and never dispatched; a
+department must not get a work order for a request the city closed years ago. Open
+records go through intake like any new request.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from itertools import islice
 from pathlib import Path
 
 from hub.imports import ExportFormat, ImportedRow, UnknownFormat, detect_format, read_export
+from hub.model import Case, CaseEvent, CaseStatus
 from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
 
@@ -28,6 +34,15 @@ FORMATS: dict[str, frozenset[ExportFormat]] = {
 }
 BATCH = 500
 MAX_REJECTED_KEPT = 1000
+# Source statuses (case-insensitive) of requests the CRM already finished.
+FINISHED_AT_SOURCE = {
+    "closed": CaseStatus.CLOSED,
+    "resolved": CaseStatus.CLOSED,
+    "completed": CaseStatus.CLOSED,
+    "complete": CaseStatus.CLOSED,
+    "cancelled": CaseStatus.CANCELLED,
+    "canceled": CaseStatus.CANCELLED,
+}
 
 Progress = Callable[[int], None]
 
@@ -50,6 +65,7 @@ class ImportSummary:
     dry_run: bool
     read: int = 0
     imported: int = 0
+    closed_not_dispatched: int = 0  # of `imported`: finished at the source, recorded only
     duplicates: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
@@ -62,6 +78,7 @@ class ImportSummary:
             "dry_run": self.dry_run,
             "read": self.read,
             "imported": self.imported,
+            "closed_not_dispatched": self.closed_not_dispatched,
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "reasons": dict(self.reasons.most_common()),
@@ -112,9 +129,15 @@ class ImportService:
             fresh = [r for r in good if r.case.hub_id not in seen]  # type: ignore[union-attr]
             summary.duplicates += len(good) - len(fresh)
             seen.update(r.case.hub_id for r in fresh)  # type: ignore[union-attr]
-            created = self._dry(fresh) if dry_run else self._submit(fresh)
-            summary.imported += created
-            summary.duplicates += len(fresh) - created
+            history = [r for r in fresh if finished_at_source(r.case)]  # type: ignore[arg-type]
+            live = [r for r in fresh if not finished_at_source(r.case)]  # type: ignore[arg-type]
+            if dry_run:
+                recorded, created = self._dry(history), self._dry(live)
+            else:
+                recorded, created = self._record_history(history), self._submit(live)
+            summary.imported += recorded + created
+            summary.closed_not_dispatched += recorded
+            summary.duplicates += len(fresh) - recorded - created
             summary.read += len(batch)
             if progress:
                 progress(len(batch))
@@ -140,10 +163,44 @@ class ImportService:
         results = self.intake.submit_many([r.case for r in rows], actor="import")  # type: ignore[misc]
         return sum(result.created for result in results)
 
+    def _record_history(self, rows: list[ImportedRow]) -> int:
+        """Write finished records as they are: final status, no route, no outbox row."""
+        if not rows:
+            return 0
+        cases = [_as_history(r.case) for r in rows]  # type: ignore[arg-type]
+        with self.hub.uow() as uow:
+            inserted = uow.cases.add_many([(case, None) for case in cases])
+            uow.timeline.append(*[_history_event(c) for c in cases if c.hub_id in inserted])
+            uow.commit()
+        return len(inserted)
+
     def _dry(self, rows: list[ImportedRow]) -> int:
+        if not rows:
+            return 0
         with self.hub.uow() as uow:
             found = uow.cases.get_many([r.case.hub_id for r in rows])  # type: ignore[union-attr]
         return len(rows) - len(found)
+
+
+def finished_at_source(case: Case) -> CaseStatus | None:
+    status = str(case.attributes.get("source_status") or "").strip().casefold()
+    return FINISHED_AT_SOURCE.get(status)
+
+
+def _as_history(case: Case) -> Case:
+    case.status = finished_at_source(case) or CaseStatus.CLOSED  # hub_id: from the source id
+    return case
+
+
+def _history_event(case: Case) -> CaseEvent:
+    source = case.attributes.get("source_status")
+    return CaseEvent(
+        case_id=case.hub_id,
+        kind="imported_finished",
+        actor="import",
+        message=f"imported as finished at the source ({source}): recorded, not dispatched",
+        detail={"source_status": source},
+    )
 
 
 def _batches(rows: Iterator[ImportedRow], size: int) -> Iterator[list[ImportedRow]]:

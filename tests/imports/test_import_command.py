@@ -6,11 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from hub.cli import app
+from hub.model import CaseStatus
 from hub.services.importer import ImportService
 from hub.services.runtime import Hub
+from hub.store import tables as t
 from hub.testing.generator import find_realworld_dir
 
 REALWORLD = find_realworld_dir(Path(__file__).parent)
@@ -90,8 +93,33 @@ def test_wrong_format_and_unsafe_xml(env: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["import", path, "--format", "nyc-csv"])
     assert result.exit_code == 2 and "looks like boston-csv" in " ".join(result.output.split())
     bomb = tmp_path / "bomb.xml"
-    bomb.write_bytes(b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">'
-                     b'<!ENTITY b "&a;&a;&a;&a;">]><service_requests><request>'
-                     b"<service_code>&b;</service_code></request></service_requests>")
+    bomb.write_bytes(
+        b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY a "aaaa">'
+        b'<!ENTITY b "&a;&a;&a;&a;">]><service_requests><request>'
+        b"<service_code>&b;</service_code></request></service_requests>"
+    )
     result = CliRunner().invoke(app, ["import", str(bomb), "--format", "open311-xml"])
     assert result.exit_code == 2 and "DOCTYPE" in " ".join(result.output.split())
+
+
+def test_records_closed_at_the_source_are_history_never_dispatched(env: str) -> None:
+    assert REALWORLD is not None
+    path = str(REALWORLD / "311_records/nyc/nyc311_2014-2019_export.csv")
+    summary = run(path)
+    assert 0 < summary["closed_not_dispatched"] < summary["imported"]
+    hub = Hub(database=env)
+    with hub.uow() as uow:
+        ids = list(uow.connection.execute(select(t.cases.c.hub_id)).scalars())
+        rows = list(uow.cases.get_many(ids).values())
+        queued = set(uow.connection.execute(select(t.outbox.c.case_id)).scalars())
+        finished = [r for r in rows if r.attributes.get("source_status") == "Closed"]
+        still_open = [r for r in rows if r.attributes.get("source_status") != "Closed"]
+        assert len(finished) == summary["closed_not_dispatched"]
+        assert {r.status for r in finished} == {CaseStatus.CLOSED}
+        assert not queued & {r.hub_id for r in finished}  # nothing for a department to do
+        assert {r.hub_id for r in still_open} <= queued  # open ones are routed as usual
+        kinds = [e.kind for e in uow.timeline.for_case(finished[0].hub_id)]
+    assert kinds == ["imported_finished"]
+    hub.dispose()
+    again = run(path)
+    assert again["imported"] == again["closed_not_dispatched"] == 0
