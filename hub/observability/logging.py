@@ -91,8 +91,9 @@ _BEARER = re.compile(r"(?i)\b(bearer|basic|digest)\s+[A-Za-z0-9._~+/=-]{6,}")
 _XML_FIELD = re.compile(r"<((?:[\w-]+:)?([\w-]+))(\s[^<>]*)?>([^<]*)</\1\s*>")
 _KEY_VALUE = re.compile(
     r"""(?P<q>["']?)(?P<key>[A-Za-z_][\w-]*)(?P=q)(?P<sep>\s*[:=]\s*)"""
-    # An unquoted value may not open a dict or list: the keys inside decide for themselves.
-    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\]){\[][^\s,;&}\])]*)"""
+    # An unquoted value stops where a dict, list or call opens (``Json({…``): the keys
+    # inside decide for themselves, so a wrapper cannot carry a name past the redaction.
+    r"""(?P<value>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^\s,;&}\]){\[(][^\s,;&}\]){\[(]*)"""
 )
 _EMAIL = re.compile(r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _PHONE = re.compile(

@@ -80,6 +80,10 @@ def test_secrets_are_removed_from_text(text: str, secret: str) -> None:
         ("requester={'first_name': 'Maria', 'last_name': 'Nguyen'}", "Nguyen"),
         ('"name": "Maria Garcia"', "Garcia"),
         ("full_name='Maria Garcia'", "Garcia"),
+        # A SQL error's parameters: the sensitive key opens a wrapper call, not a dict.
+        ("{'requester': Json({'first_name': 'Dmitri', 'phone': None}), 'id': 3}", "Dmitri"),
+        ("requester=Requester(first_name='Dmitri', last_name='Ivanov')", "Dmitri"),
+        ("'requester': [{'first_name': 'Dmitri'}]", "Dmitri"),
     ],
 )
 def test_names_under_pii_fields_are_removed(text: str, name: str) -> None:
