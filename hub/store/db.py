@@ -59,12 +59,23 @@ def make_engine(
         path = make_url(url).database
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            hide_parameters=True,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin_read if read_only else _sqlite_begin)
         return engine
+    # hide_parameters: a failed statement's error (logged with its traceback) would
+    # otherwise carry the bound values, the requester's name and the case body with them.
     return create_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, future=True
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        future=True,
+        hide_parameters=True,
     )
 
 

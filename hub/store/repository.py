@@ -6,12 +6,23 @@ objects; the unit of work owns the transaction.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Connection,
+    Integer,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy import case as sa_case
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -24,19 +35,145 @@ def _insert(connection: Connection, table):
     return dialect.insert(table)
 
 
-def _chunks(rows: list, size: int = 300):
-    # SQLite caps bound parameters per statement; 300 rows x ~15 columns stays well under.
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+def _insert_many(connection: Connection, table, rows: list[dict[str, Any]], key_column=None) -> set:
+    """INSERT … ON CONFLICT DO NOTHING for many rows; returns the keys that went in (when
+    `key_column` is given). Rows must share their keys."""
+    if not rows:
+        return set()
+    columns = tuple(rows[0])
+    values = [tuple(row[name] for name in columns) for row in rows]
+    key = key_column.name if key_column is not None else None
+    return _insert_rows(connection, table, columns, values, key=key)
 
 
-def _insert_many(connection: Connection, table, rows: list[dict[str, Any]], key_column) -> set:
-    """Multi-row INSERT … ON CONFLICT DO NOTHING; returns the keys that went in."""
+def _insert_rows(
+    connection: Connection,
+    table,
+    columns: tuple[str, ...],
+    rows: list[tuple],
+    *,
+    key: str | None = None,
+    ignore_conflicts: bool = True,
+) -> set:
+    """Write `rows` (tuples in `columns` order) with the driver's own statements.
+
+    SQLAlchemy's per-row parameter handling (bind processors, JSON, type coercion) cost
+    more CPU than the database's work for intake batches; here each value is converted
+    once by a per-column function equal to the column type's bind processing (same stored
+    text and timestamps). PostgreSQL gets one INSERT … SELECT FROM unnest(one array per
+    column): a constant statement (prepared, parsed once) for any number of rows. SQLite
+    gets an executemany of one prepared statement, or, when `key` asks which rows went
+    in, a multi-row INSERT … RETURNING."""
+    if not rows:
+        return set()
+    dialect = connection.dialect
+    convert = _converters(dialect, table, columns)
+    if convert:
+        rows = [_converted(row, convert) for row in rows]
+    if dialect.name == "postgresql":
+        sql = _unnest_sql(dialect, table, columns, key, ignore_conflicts)
+        result = connection.exec_driver_sql(sql, tuple(list(c) for c in zip(*rows, strict=True)))
+        return set(result.scalars()) if key is not None else set()
+    if key is None:
+        sql = _insert_sql(dialect, table, columns, 1, key, ignore_conflicts)
+        connection.exec_driver_sql(sql, rows)
+        return set()
     inserted: set = set()
-    for chunk in _chunks(rows):
-        stmt = _insert(connection, table).values(chunk).on_conflict_do_nothing()
-        inserted.update(connection.execute(stmt.returning(key_column)).scalars())
+    per_statement = max(1, _MAX_PARAMS // len(columns))
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        sql = _insert_sql(dialect, table, columns, len(chunk), key, ignore_conflicts)
+        result = connection.exec_driver_sql(sql, tuple(v for row in chunk for v in row))
+        inserted.update(result.scalars())
     return inserted
+
+
+_MAX_PARAMS = 30000  # below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters
+_INSERT_SQL: dict[tuple, str] = {}
+_CONVERTERS: dict[tuple, tuple] = {}
+
+
+def _insert_sql(dialect, table, columns, n_rows: int, key, ignore_conflicts: bool) -> str:
+    cache_key = (dialect.name, table.name, columns, n_rows, key, ignore_conflicts)
+    sql = _INSERT_SQL.get(cache_key)
+    if sql is None:
+        quote = dialect.identifier_preparer.quote
+        mark = "?" if dialect.paramstyle == "qmark" else "%s"
+        row = "(" + ", ".join([mark] * len(columns)) + ")"
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"VALUES {', '.join([row] * n_rows)}"
+        )
+        if ignore_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
+        if key is not None:
+            sql += f" RETURNING {quote(key)}"
+        _INSERT_SQL[cache_key] = sql
+    return sql
+
+
+def _unnest_sql(dialect, table, columns, key, ignore_conflicts: bool) -> str:
+    """PostgreSQL: INSERT … SELECT FROM unnest(%s::type[], …) in the arrays' order (the
+    timeline's ids follow it)."""
+    cache_key = (dialect.name, table.name, columns, "unnest", key, ignore_conflicts)
+    sql = _INSERT_SQL.get(cache_key)
+    if sql is None:
+        quote = dialect.identifier_preparer.quote
+        names = ", ".join(quote(c) for c in columns)
+        # %b: binary arrays; psycopg escapes text-format array elements with regexes.
+        arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect=dialect)}[]" for c in columns)
+        aliases = ", ".join(f"v{i}" for i in range(len(columns)))
+        sql = (
+            f"INSERT INTO {quote(table.name)} ({names}) SELECT {aliases} "
+            f"FROM unnest({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n"
+        )
+        if ignore_conflicts:
+            sql += " ON CONFLICT DO NOTHING"
+        if key is not None:
+            sql += f" RETURNING {quote(key)}"
+        _INSERT_SQL[cache_key] = sql
+    return sql
+
+
+def _converters(dialect, table, columns: tuple[str, ...]) -> tuple:
+    """(position, function) for each column whose value the driver cannot take as is: the
+    function turns it into what the column type's bind processing would send."""
+    cache_key = (dialect.name, table.name, columns)
+    found = _CONVERTERS.get(cache_key)
+    if found is None:
+        found = tuple(
+            (i, f)
+            for i, name in enumerate(columns)
+            if (f := _converter(dialect, table.c[name].type)) is not None
+        )
+        _CONVERTERS[cache_key] = found
+    return found
+
+
+def _converted(row: tuple, convert: tuple) -> tuple:
+    values = list(row)
+    for i, f in convert:
+        values[i] = f(values[i])
+    return tuple(values)
+
+
+def _converter(dialect, type_):
+    if isinstance(type_, JSON):  # as SQLAlchemy's JSON: None is stored as JSON 'null'
+        return getattr(dialect, "_json_serializer", None) or json.dumps
+    if isinstance(type_, t.UTCDateTime) and dialect.name == "sqlite":
+        return _sqlite_datetime
+    return type_.dialect_impl(dialect).bind_processor(dialect)
+
+
+def _sqlite_datetime(value: datetime | None) -> str | None:
+    """UTCDateTime on SQLite: naive UTC in SQLAlchemy's DATETIME text format."""
+    if value is None:
+        return None
+    if value.tzinfo is UTC:  # the usual case: drop the "+00:00" (years are 4 digits)
+        return value.isoformat(" ", "microseconds")[:26]
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(" ", "microseconds")
 
 
 def _inserted(connection: Connection, stmt, key_column) -> bool:
@@ -44,6 +181,19 @@ def _inserted(connection: Connection, stmt, key_column) -> bool:
 
     RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT inserts."""
     return connection.execute(stmt.returning(key_column)).first() is not None
+
+
+_STATEMENTS: dict[tuple, Any] = {}
+
+
+def _statement(key: tuple, build):
+    """A statement built once per key, with bindparams for its values: the dispatcher's
+    per-turn statements spend more in SQLAlchemy's construction and cache-key generation
+    than in the database, and a reused statement object memoizes its cache key."""
+    stmt = _STATEMENTS.get(key)
+    if stmt is None:
+        stmt = _STATEMENTS[key] = build()
+    return stmt
 
 
 # --------------------------------------------------------------------------- cases
@@ -176,11 +326,15 @@ class TimelineRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
+    _APPEND = ("case_id", "kind", "at", "level", "actor", "source", "department", "message")
+
     def append(self, *events: CaseEvent) -> None:
-        if events:
-            self.connection.execute(
-                t.case_events.insert(), [e.model_dump(mode="python") for e in events]
-            )
+        rows = [
+            (e.case_id, e.kind, e.at, e.level, e.actor, e.source, e.department, e.message, e.detail)
+            for e in events
+        ]
+        columns = (*self._APPEND, "detail")
+        _insert_rows(self.connection, t.case_events, columns, rows, ignore_conflicts=False)
 
     def for_case(self, case_id: str) -> list[CaseEvent]:
         rows = self.connection.execute(
@@ -214,7 +368,7 @@ class WorkOrderRepository:
 
     def add_many(self, orders: list[WorkOrder]) -> None:
         rows = [order.model_dump(mode="python") for order in orders]
-        _insert_many(self.connection, t.work_orders, rows, t.work_orders.c.id)
+        _insert_many(self.connection, t.work_orders, rows)
 
     def get(self, case_id: str, department: str) -> WorkOrder | None:
         row = self.connection.execute(
@@ -243,9 +397,13 @@ class WorkOrderRepository:
         """Work orders of many cases in one query, keyed by (case id, department)."""
         if not case_ids:
             return {}
-        rows = self.connection.execute(
-            select(t.work_orders).where(t.work_orders.c.case_id.in_(list(set(case_ids))))
+        stmt = _statement(
+            ("work_orders.for_cases",),
+            lambda: select(t.work_orders).where(
+                t.work_orders.c.case_id.in_(bindparam("b_ids", expanding=True))
+            ),
         )
+        rows = self.connection.execute(stmt, {"b_ids": list(set(case_ids))})
         orders = (WorkOrder.model_validate(dict(row._mapping)) for row in rows)
         return {(o.case_id, o.department): o for o in orders}
 
@@ -254,8 +412,25 @@ class WorkOrderRepository:
         external_id and raw_status."""
         if not deliveries:
             return
+        stmt = _statement(("work_orders.mark_delivered_many",), self._mark_delivered)
+        self.connection.execute(
+            stmt,
+            [
+                {
+                    "b_case": d["case_id"],
+                    "b_dept": d["department"],
+                    "b_ext": d["external_id"],
+                    "b_raw": d["raw_status"],
+                    "b_at": at,
+                }
+                for d in deliveries
+            ],
+        )
+
+    @staticmethod
+    def _mark_delivered():
         wo = t.work_orders.c
-        stmt = (
+        return (
             update(t.work_orders)
             .where(wo.case_id == bindparam("b_case"), wo.department == bindparam("b_dept"))
             .values(
@@ -266,36 +441,40 @@ class WorkOrderRepository:
                     (wo.last_sequence.is_(None), bindparam("b_raw")), else_=wo.raw_status
                 ),
                 delivery_state=DeliveryState.DELIVERED.value,
-                updated_at=at,
+                updated_at=bindparam("b_at", type_=t.work_orders.c.updated_at.type),
             )
-        )
-        self.connection.execute(
-            stmt,
-            [
-                {
-                    "b_case": d["case_id"],
-                    "b_dept": d["department"],
-                    "b_ext": d["external_id"],
-                    "b_raw": d["raw_status"],
-                }
-                for d in deliveries
-            ],
         )
 
     def apply_department_status(
-        self, case_id: str, department: str, *, sequence: str, **values: Any
+        self,
+        case_id: str,
+        department: str,
+        *,
+        sequence: str,
+        follows: Iterable[str] | None = None,
+        **values: Any,
     ) -> bool:
         """Record a department status unless a later one is already recorded. The guard is
         in the UPDATE itself, so two concurrent syncs (a poll and a webhook) cannot let the
-        older event overwrite the newer one; False when the event turned out stale."""
+        older event overwrite the newer one; False when the event turned out stale.
+
+        At an equal sequence (a department clock in whole seconds) the event wins only over
+        the same raw code or a recorded mapped status in `follows` (None: always wins)."""
         wo = t.work_orders.c
+        newer = or_(wo.last_sequence.is_(None), wo.last_sequence < sequence)
+        tie = wo.last_sequence == sequence
+        if follows is not None:
+            tie = and_(
+                tie,
+                or_(
+                    wo.raw_status == values.get("raw_status"),
+                    wo.mapped_status.is_(None),
+                    wo.mapped_status.in_(list(follows)),
+                ),
+            )
         stmt = (
             update(t.work_orders)
-            .where(
-                wo.case_id == case_id,
-                wo.department == department,
-                or_(wo.last_sequence.is_(None), wo.last_sequence <= sequence),
-            )
+            .where(wo.case_id == case_id, wo.department == department, or_(newer, tie))
             .values(last_sequence=sequence, updated_at=utcnow(), **values)
         )
         return self.connection.execute(stmt).rowcount == 1
@@ -411,7 +590,7 @@ class OutboxRepository:
             }
             for delivery in deliveries
         ]
-        _insert_many(self.connection, t.outbox, rows, t.outbox.c.id)
+        _insert_many(self.connection, t.outbox, rows)
 
     def claim(
         self,
@@ -427,13 +606,35 @@ class OutboxRepository:
         department) are all done. SKIP LOCKED on PostgreSQL lets any number of workers
         share the queue; SQLite serialises writers with BEGIN IMMEDIATE instead."""
         now = now or utcnow()
+        only = None if only is None else list(only)
+        excluded = list(exclude)
+        pg = self.connection.dialect.name == "postgresql"
+        key = ("outbox.claim", pg, only is not None, bool(excluded))
+        stmt = _statement(key, lambda: self._claim_statement(*key[1:]))
+        params = {"b_now": now, "b_until": now + lease, "b_worker": worker, "b_limit": limit}
+        params.update(b_only=only or [], b_excluded=excluded)
+        return [OutboxItem.from_row(row) for row in self.connection.execute(stmt, params)]
+
+    @staticmethod
+    def _claim_statement(pg: bool, only: bool, excluded: bool):
         o = t.outbox
+        now = bindparam("b_now", type_=o.c.updated_at.type)
         prior = o.alias("prior")
-        earlier_open = exists().where(
-            prior.c.case_id == o.c.case_id,
-            prior.c.department == o.c.department,
-            prior.c.id < o.c.id,
-            prior.c.state.not_in([OutboxState.DONE, OutboxState.SKIPPED]),
+        # OFFSET 0 keeps PostgreSQL from turning this into an anti-join whose plan hangs on
+        # table statistics: right after a bulk intake (stats say "1 row") it nested-looped
+        # the whole queue per claim (94 ms at 600 rows, quadratic). As a correlated subplan
+        # it is one probe of ix_outbox_case_dept per row the ordered scan of ix_outbox_due
+        # reaches, and the scan stops at LIMIT.
+        earlier_open = (
+            select(prior.c.id)
+            .where(
+                prior.c.case_id == o.c.case_id,
+                prior.c.department == o.c.department,
+                prior.c.id < o.c.id,
+                prior.c.state.not_in([OutboxState.DONE, OutboxState.SKIPPED]),
+            )
+            .offset(0)
+            .exists()
         )
         due = and_(
             o.c.state == OutboxState.PENDING,
@@ -441,27 +642,30 @@ class OutboxRepository:
             or_(o.c.locked_until.is_(None), o.c.locked_until < now),
             ~earlier_open,
         )
-        if only is not None:
-            due = and_(due, o.c.department.in_(list(only)))
-        excluded = list(exclude)
+        if only:
+            due = and_(due, o.c.department.in_(bindparam("b_only", expanding=True)))
         if excluded:
-            due = and_(due, o.c.department.not_in(excluded))
-        picked = select(o.c.id).where(due).order_by(o.c.next_attempt_at, o.c.id).limit(limit)
-        if self.connection.dialect.name == "postgresql":
+            due = and_(due, o.c.department.not_in(bindparam("b_excluded", expanding=True)))
+        picked = (
+            select(o.c.id)
+            .where(due)
+            .order_by(o.c.next_attempt_at, o.c.id)
+            .limit(bindparam("b_limit", type_=Integer))
+        )
+        if pg:
             picked = picked.with_for_update(skip_locked=True, of=o)
         picked_cte = picked.cte("picked")
-        stmt = (
+        return (
             update(o)
             .where(o.c.id == picked_cte.c.id)
             .values(
-                locked_until=now + lease,
-                locked_by=worker,
+                locked_until=bindparam("b_until", type_=o.c.locked_until.type),
+                locked_by=bindparam("b_worker"),
                 attempts=o.c.attempts + 1,
                 updated_at=now,
             )
             .returning(*o.c)
         )
-        return [OutboxItem.from_row(row) for row in self.connection.execute(stmt)]
 
     def _settle(self, item_id: int, worker: str | None, **values: Any) -> bool:
         """Update a leased row; False if the lease was lost to another worker (fencing)."""
@@ -488,10 +692,19 @@ class OutboxRepository:
         (the fence: a row whose lease moved to another worker is not touched)."""
         if not item_ids:
             return set()
-        now = utcnow()
-        stmt = (
+        stmt = _statement(("outbox.mark_done_many",), self._mark_done_many_statement)
+        params = {"b_ids": list(item_ids), "b_worker": worker, "b_now": utcnow()}
+        return set(self.connection.execute(stmt, params).scalars())
+
+    @staticmethod
+    def _mark_done_many_statement():
+        o = t.outbox.c
+        now = bindparam("b_now", type_=o.updated_at.type)
+        return (
             update(t.outbox)
-            .where(t.outbox.c.id.in_(list(item_ids)), t.outbox.c.locked_by == worker)
+            .where(
+                o.id.in_(bindparam("b_ids", expanding=True)), o.locked_by == bindparam("b_worker")
+            )
             .values(
                 state=OutboxState.DONE,
                 locked_until=None,
@@ -500,9 +713,8 @@ class OutboxRepository:
                 last_error_class=None,
                 last_error_message=None,
             )
-            .returning(t.outbox.c.id)
+            .returning(o.id)
         )
-        return set(self.connection.execute(stmt).scalars())
 
     def schedule_retry(
         self,
@@ -774,8 +986,11 @@ class StatusUpdateRepository:
         return self.connection.execute(stmt).scalar_one()
 
     def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Rows must share their keys."""
         if rows:
-            self.connection.execute(t.status_updates.insert(), rows)
+            columns = tuple(rows[0])
+            values = [tuple(row[name] for name in columns) for row in rows]
+            _insert_rows(self.connection, t.status_updates, columns, values, ignore_conflicts=False)
 
     def between(
         self, start: datetime, end: datetime, *, limit: int = 1000, after_id: int = 0

@@ -135,7 +135,7 @@ outbox = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime),
-    Index("ix_outbox_due", "state", "next_attempt_at"),
+    Index("ix_outbox_due", "state", "next_attempt_at", "id"),  # the claim's order
     Index("ix_outbox_case_dept", "case_id", "department", "id"),
     Index("ix_outbox_dept_state", "department", "state"),
 )
