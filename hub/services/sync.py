@@ -7,7 +7,9 @@ order and inside one transaction:
    copy (a replayed webhook, an overlapping poll) inserts nothing and is a no-op;
 2. finds the work order by the department's id, else by the hub reference it carries; a
    record the hub does not link is an orphan (recorded, left for reconciliation);
-3. drops events older than the last one applied to that work order (out of order);
+3. drops events older than the last one applied to that work order (out of order) and,
+   at an equal sequence (a department clock in whole seconds), those the lifecycle puts
+   before it: a crew's Dispatch never undoes its Closed of the same second;
 4. maps the raw code through the department's total mapping: an unknown code is an
    alert on the case timeline and an ``unmapped`` row, never a default;
 5. keeps the raw code and text on the work order and moves the case through
@@ -32,9 +34,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError
 
 from hub.adapters import Capability, DepartmentEvent
-from hub.mapping import DepartmentMapping, UnmappedStatus
+from hub.mapping import DepartmentMapping, StatusMapping, UnmappedStatus
 from hub.model import (
     Attachment,
     Case,
@@ -46,6 +49,7 @@ from hub.model import (
     StatusEvent,
     TransitionOutcome,
     WorkOrder,
+    check_transition,
     utcnow,
 )
 from hub.observability.metrics import record_status_events
@@ -62,6 +66,7 @@ POLL, PUSH, FILE, RECONCILE = "poll", "push", "file", "reconcile"
 APPLIED, NO_OP, REFUSED = "applied", "no_op", "refused"
 UNMAPPED, IGNORED, ORPHAN, STALE, DUPLICATE = "unmapped", "ignored", "orphan", "stale", "duplicate"
 APPLY_ATTEMPTS = 3  # a concurrent writer (webhook vs poll) makes us re-read and retry
+LOCK_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
 
 # Enough for a large backlog in one run; the next scheduled poll carries on from there.
@@ -103,6 +108,29 @@ class SyncResult:
 def sequence_of(event: StatusEvent) -> str:
     """The event's place in department order: its own sequence, else its UTC time."""
     return event.sequence or event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def tie_follows(meaning: StatusMapping | None) -> frozenset[str]:
+    """The mapped statuses an event may replace at an equal sequence. A department clock
+    in whole seconds stamps a crew's Dispatch and Closed alike; which came last is then
+    the lifecycle's call (never backwards), not the order the hub happened to see them."""
+    if meaning is None:  # an ignored code tells nothing about progress: it never wins a tie
+        return frozenset()
+    return frozenset(
+        s.value
+        for s in CaseStatus
+        if check_transition(s, meaning.status) is not TransitionOutcome.REFUSED
+    )
+
+
+def wins_tie(order: WorkOrder, raw_code: str, follows: frozenset[str]) -> bool:
+    """Whether an event at the work order's own last sequence replaces its raw status
+    (the same test as the guarded UPDATE makes)."""
+    return (
+        order.raw_status == raw_code
+        or order.mapped_status is None
+        or str(order.mapped_status) in follows
+    )
 
 
 def poll_since(watermark: datetime, *, overlap: float, zone: ZoneInfo, now: datetime) -> datetime:
@@ -154,16 +182,18 @@ class StatusSync:
         for _ in range(MAX_PAGES_PER_POLL):
             page = await adapter.poll_changes(since)
             # A department clock running ahead must not push the watermark past our now.
-            reached = max(watermark, min(page.next_watermark or watermark, now))
+            page_end = min(page.next_watermark or since, now)
+            reached = max(watermark, page_end)
             applied = await asyncio.to_thread(
                 self.apply, department, page.events, source=POLL, watermark=reached
             )
             result = applied if result is None else result.merge(applied)
-            # The overlap is for the first page only; further pages resume where the last
-            # ended. A page that does not move the watermark would only repeat itself.
-            if not page.more or reached <= watermark:
+            # Further pages resume where this one ended, inside the overlap too: more than
+            # a page of changes within the overlap must not stop every poll at its first
+            # page. A page that did not move at all would only repeat itself.
+            if not page.more or page_end <= since:
                 break
-            watermark = since = reached
+            since, watermark = page_end, reached
         assert result is not None
         result.since = first_since
         return result
@@ -208,7 +238,9 @@ class StatusSync:
         watermark: datetime | None = None,
     ) -> SyncResult:
         """Apply events in department order, in one transaction; notify after commit."""
-        ordered = sorted(events, key=lambda e: (sequence_of(e), e.external_event_id))
+        # Stable: events of one sequence (a clock in whole seconds) keep the department's
+        # own order, which is better evidence than their ids' alphabetical one.
+        ordered = sorted(events, key=sequence_of)
         mapping = self.hub.mapping(department)
         for attempt in range(1, APPLY_ATTEMPTS + 1):
             result = SyncResult(department, source, received=len(ordered), watermark=watermark)
@@ -225,6 +257,12 @@ class StatusSync:
                 if attempt == APPLY_ATTEMPTS:
                     raise
                 log.info("case changed under status sync of %s; retrying", department)
+            except DBAPIError as error:
+                # A poll and a webhook (or a delivery) lock the same cases in another
+                # order: the database rolled this one back whole, so it is safe to redo.
+                if attempt == APPLY_ATTEMPTS or not _lock_conflict(error):
+                    raise
+                log.info("status sync of %s lost a lock conflict; retrying", department)
         self._notify(notes)
         record_status_events(department, source, result.outcomes)
         if result.outcomes[UNMAPPED] or result.outcomes[ORPHAN]:
@@ -245,20 +283,25 @@ class StatusSync:
         order = self._work_order(uow, event)
         if order is None:
             return _settle_inbound(uow, row_id, ORPHAN)
-        if order.last_sequence and sequence_of(event) < order.last_sequence:
+        sequence = sequence_of(event)
+        if order.last_sequence and sequence < order.last_sequence:
             return _settle_inbound(uow, row_id, STALE, order.case_id)
         try:
             meaning = mapping.map_status_in(event.raw_code)
         except UnmappedStatus:
             uow.timeline.append(self._unmapped_event(order, event, source))
             return _settle_inbound(uow, row_id, UNMAPPED, order.case_id)
+        follows = tie_follows(meaning)
+        if sequence == order.last_sequence and not wins_tie(order, event.raw_code, follows):
+            return _settle_inbound(uow, row_id, STALE, order.case_id)
         outcome = IGNORED
         if meaning is not None:
             outcome = self._move_case(uow, order, event, meaning, source, notes)
         uow.work_orders.apply_department_status(
             order.case_id,
             order.department,
-            sequence=sequence_of(event),
+            sequence=sequence,
+            follows=follows,
             raw_status=event.raw_code,
             raw_status_text=event.raw_text,
             mapped_status=meaning.status.value if meaning else order.mapped_status,
@@ -368,6 +411,11 @@ def _record_inbound(uow: UnitOfWork, event: StatusEvent, source: str, now: datet
         .returning(t.inbound_events.c.id)
     )
     return conn.execute(stmt).scalar_one_or_none()  # type: ignore[union-attr]
+
+
+def _lock_conflict(error: DBAPIError) -> bool:
+    """A deadlock or serialization failure (PostgreSQL), never a broken statement."""
+    return getattr(error.orig, "sqlstate", None) in LOCK_CONFLICTS
 
 
 def _settle_inbound(uow: UnitOfWork, row_id: int, outcome: str, case_id: str | None = None) -> str:

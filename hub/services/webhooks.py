@@ -21,7 +21,9 @@ the hub's generic JSON shape is used (docs/status-sync.md)::
                  "evidence": [{"url": "https://…/photo.jpg", "content_type": "image/jpeg"}]}]}
 
 A single event object without the ``events`` wrapper is accepted too. A naive
-``occurred_at`` is wall time in the department's mapping time zone.
+``occurred_at`` is wall time in the department's mapping time zone. Events are applied in
+sequence order (``sequence``, else ``occurred_at``); events of one sequence, as a clock in
+whole seconds gives a crew's two steps, keep the order they are sent in.
 """
 
 from __future__ import annotations

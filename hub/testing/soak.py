@@ -266,6 +266,8 @@ class SoakOptions:
     feed_seconds: float | None = None  # spread intake over this long (default: at once)
     seed: int = 7
     directory: Path | None = None
+    # As an on-prem Cityworks stores them: a crew's two steps often share one second.
+    publicworks_timestamps: str = "seconds"
 
 
 @dataclass
@@ -367,6 +369,8 @@ class Soak:
             city.set_faults(
                 "sanitation", {**profile.model_dump(), "late_files": 0.05, "duplicate_files": 0.05}
             )
+            publicworks = city.simulator("publicworks")
+            publicworks.timestamp_resolution = options.publicworks_timestamps  # type: ignore[attr-defined]
             app_name = f"hubsoak-{uuid.uuid4().hex[:8]}"
             config = write_config(
                 city,
@@ -580,6 +584,9 @@ class Soak:
         report.closures_missing = len(missing)
         report.missing_by_department = dict(Counter(self.department_of[h] for h in missing))
         report.reconcile, report.reconcile_sample = asyncio.run(self._reconcile(hub))
+        report.reconcile_sample = [
+            explain_finding(hub, records, f) for f in report.reconcile_sample
+        ]
         return report
 
     async def _final_sync(self, hub: Hub) -> None:
@@ -596,6 +603,76 @@ class Soak:
             return report.counts, sample
         finally:
             await hub.aclose()
+
+
+# --------------------------------------------------------------------------- diagnosis
+
+
+def explain_finding(
+    hub: Hub, records: dict[str, list[dict[str, Any]]], finding: dict[str, Any]
+) -> dict[str, Any]:
+    """A reconcile finding with what it takes to see its cause: the hub's work order (raw
+    status, its sequence, when written), the case, the department's record (status, its
+    modification time, its own history), the inbound events and the case's status
+    timeline, in order."""
+    case_id, department = finding.get("case_id"), finding.get("department")
+    if not case_id or department not in REFERENCE:
+        return finding
+    w, c, e, i = t.work_orders.c, t.cases.c, t.case_events.c, t.inbound_events.c
+    with hub.engine.connect() as conn:
+        order = conn.execute(
+            select(
+                w.external_id,
+                w.raw_status,
+                w.mapped_status,
+                w.last_sequence,
+                w.delivery_state,
+                w.updated_at,
+            ).where(w.case_id == case_id, w.department == department)
+        ).first()
+        case = conn.execute(
+            select(c.status, c.version, c.updated_at).where(c.hub_id == case_id)
+        ).first()
+        timeline = conn.execute(
+            select(e.at, e.kind, e.source, e.actor, e.message)
+            .where(e.case_id == case_id, e.kind.like("status%") | (e.kind == "delivery_attempt"))
+            .order_by(e.id)
+        ).all()
+        inbound = conn.execute(
+            # payload: only its source (poll, push, reconcile) is kept below
+            select(i.id, i.external_event_id, i.sequence, i.outcome, i.received_at, i.payload)
+            .where(i.department == department, i.case_id == case_id)
+            .order_by(i.id)
+        ).all()
+    record = next(
+        (r for r in records.get(department, []) if r.get(REFERENCE[department]) == case_id), {}
+    )
+    return {
+        **finding,
+        "hub_work_order": _plain(order._asdict()) if order else None,
+        "hub_case": _plain(case._asdict()) if case else None,
+        "department_record": {
+            k: record.get(k)
+            for k in (
+                "RequestId",
+                "CaseId",
+                "Status",
+                "StatusType",
+                "DateTimeModified",
+                "StatusDate",
+                "events",
+            )
+            if k in record
+        },
+        "inbound_events": [
+            _plain({**r._asdict(), "payload": (r.payload or {}).get("source")}) for r in inbound
+        ],
+        "timeline": [_plain(r._asdict()) for r in timeline],
+    }
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
 
 
 # --------------------------------------------------------------------------- PII

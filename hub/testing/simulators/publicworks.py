@@ -161,8 +161,14 @@ class PublicWorksSimulator(BaseSimulator):
         timezone: str = "America/New_York",
         problem_codes: Iterable[str] | None = None,
         faults: FaultProfile | str | dict[str, Any] | None = None,
+        timestamp_resolution: str = "microseconds",
     ) -> None:
         super().__init__(faults)
+        # "seconds" is what an on-prem Cityworks stores: two changes of one request within
+        # a second then carry the same DateTimeModified (the hub must not misorder them).
+        if timestamp_resolution not in ("seconds", "milliseconds", "microseconds"):
+            raise ValueError(f"unknown timestamp resolution {timestamp_resolution!r}")
+        self.timestamp_resolution = timestamp_resolution
         self.credentials = {login_name: password}
         self.token_ttl_seconds = token_ttl_seconds
         # The token_expiry fault spares tokens younger than this: a real token does not
@@ -188,7 +194,8 @@ class PublicWorksSimulator(BaseSimulator):
     # -- clock --------------------------------------------------------------------
 
     def local_now(self) -> datetime:
-        """Naive local wall time, strictly increasing so modification times order events."""
+        """Naive local wall time, strictly increasing so modification times order events
+        (stamped at `timestamp_resolution`, so with "seconds" they may tie)."""
         now = datetime.now(self.zone).replace(tzinfo=None)
         if now <= self._last_local:
             now = self._last_local + timedelta(microseconds=1)
@@ -196,7 +203,7 @@ class PublicWorksSimulator(BaseSimulator):
         return now
 
     def _stamp(self) -> str:
-        return self.local_now().isoformat(timespec="microseconds")
+        return self.local_now().isoformat(timespec=self.timestamp_resolution)
 
     # -- record changes (callers hold self.lock) ------------------------------------
 
