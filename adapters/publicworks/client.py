@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import string
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -39,6 +42,25 @@ PERMANENT_CODES = frozenset({2, 30, 31, 32, 33, 34, 35})
 # "Not authorized to view/update/create/cancel/delete": the account lacks a permission,
 # which a human must grant, so the department is paused like for bad credentials.
 NOT_AUTHORIZED_CODES = frozenset({3, 4, 5, 6, 7})
+
+
+FORM_HEADERS = {"Content-Type": "application/x-www-form-urlencoded"}
+# quote_plus of every ASCII character as one str.translate table: urlencode quotes byte by
+# byte in Python, a sizeable share of a call for a kilobyte of JSON.
+_FORM_SAFE = frozenset(string.ascii_letters + string.digits + "_.-~")
+_FORM_QUOTE = {
+    code: chr(code) if chr(code) in _FORM_SAFE else "+" if code == 32 else f"%{code:02X}"
+    for code in range(128)
+}
+
+
+def form_encode(form: dict[str, str]) -> bytes:
+    """``application/x-www-form-urlencoded`` exactly as urllib.parse.urlencode encodes it."""
+    if all(key.isascii() and value.isascii() for key, value in form.items()):
+        quote = _FORM_QUOTE
+        pairs = (f"{key.translate(quote)}={value.translate(quote)}" for key, value in form.items())
+        return "&".join(pairs).encode("ascii")
+    return urlencode(form).encode("ascii")
 
 
 class RequestRefused(Permanent):
@@ -154,11 +176,15 @@ class CityworksClient:
     ) -> dict:
         form = {"data": body} if token is None else {"data": body, "token": token}
         path = self._auth_path if method == AUTHENTICATE else "/Services/" + method
-        response = await self._send(
-            method,
-            idempotent=idempotent,
-            request=lambda: self.http.post(path, data=form, files=files),
-        )
+        # Without files, the form is encoded once here: the bytes httpx's `data=` would send.
+        content = None if files else form_encode(form)
+
+        def send() -> Awaitable[httpx.Response]:
+            if content is None:  # multipart: httpx builds it
+                return self.http.post(path, data=form, files=files)
+            return self.http.post(path, content=content, headers=FORM_HEADERS)
+
+        response = await self._send(method, idempotent=idempotent, request=send)
         return self._envelope(method, response)
 
     async def _send(self, method: str, *, idempotent: bool, request: Any) -> httpx.Response:

@@ -20,9 +20,9 @@ import logging
 import os
 import random
 import socket
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from time import perf_counter
 from typing import Any
@@ -110,12 +110,14 @@ class DispatchStats:
     attempts: Counter = field(default_factory=Counter)
     claimed: int = 0
     lost_leases: int = 0
+    stale_claims: int = 0  # claimed rows left to expire: they waited too long for a slot
     failed_turns: int = 0  # database errors (connection dropped, deadlock): turn retried
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "claimed": self.claimed,
             "lost_leases": self.lost_leases,
+            "stale_claims": self.stale_claims,
             "failed_turns": self.failed_turns,
             **self.attempts,
         }
@@ -131,6 +133,86 @@ def digest(payload: Any) -> str:
     return "sha256:" + hashlib.sha256(body.encode()).hexdigest()[:32]
 
 
+Claimed = tuple[OutboxItem, Case, "WorkOrder | None"]
+
+
+class _Flow:
+    """The calls of one Dispatcher.run: claimed rows waiting for a slot, calls in flight,
+    and calls finished since the last turn. Completion callbacks wake the loop, so each
+    finished call costs O(1) however many are in flight."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.ready: deque[tuple[float, Claimed]] = deque()
+        self.inflight: set[asyncio.Task[Attempt]] = set()
+        self.done_tasks: list[asyncio.Task[Attempt]] = []
+        self.carry: list[Attempt] = []  # finished, in a turn that rolled back
+        self.wake = asyncio.Event()
+
+    def room(self) -> int:
+        d = self.dispatcher
+        return d.concurrency + d.prefetch - len(self.inflight) - len(self.ready)
+
+    def idle(self) -> bool:
+        return not (self.inflight or self.ready or self.done_tasks or self.carry)
+
+    async def turn(self, capacity: int) -> list[Claimed] | None:
+        """One database turn in its thread; calls keep starting and finishing meanwhile."""
+        finished = self.carry + [task.result() for task in self.done_tasks]
+        self.done_tasks.clear()
+        turn = asyncio.ensure_future(self.dispatcher._safe_turn(finished, capacity))
+        turn.add_done_callback(self._woken)
+        while not turn.done():
+            self.wake.clear()
+            self.start()
+            if not turn.done():
+                await self.wake.wait()
+        claimed = turn.result()
+        self.carry = finished if claimed is None else []
+        if claimed:
+            now = perf_counter()
+            self.ready.extend((now, c) for c in claimed)
+        self.start()
+        return claimed
+
+    def start(self) -> None:
+        """Start waiting rows while slots are free. A row that waited past half its lease
+        is left to expire and be claimed again (with the lookup a repeat attempt makes)
+        rather than called late, when another worker may already hold it."""
+        d = self.dispatcher
+        stale_before = perf_counter() - d.lease.total_seconds() / 2
+        while self.ready and len(self.inflight) < d.concurrency:
+            claimed_at, (item, case, order) = self.ready.popleft()
+            if claimed_at < stale_before:
+                d.stats.stale_claims += 1
+                continue
+            task = asyncio.create_task(d._attempt(item, case, order))
+            self.inflight.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[Attempt]) -> None:
+        self.inflight.discard(task)
+        if not task.cancelled():
+            self.done_tasks.append(task)
+        self.wake.set()
+
+    def _woken(self, _: asyncio.Future) -> None:
+        self.wake.set()
+
+    async def wait(self, seconds: float) -> None:
+        """Until a call finishes or `seconds` pass (the poll interval for new rows)."""
+        if self.done_tasks:
+            return
+        self.wake.clear()
+        self.start()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.wake.wait(), timeout=seconds)
+
+    def cancel(self) -> None:
+        for task in list(self.inflight):
+            task.cancel()
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -139,6 +221,7 @@ class Dispatcher:
         worker_id: str | None = None,
         clock: Callable[[], datetime] = utcnow,
         rng: random.Random | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.hub = hub
         self.worker_id = worker_id or default_worker_id()
@@ -149,6 +232,8 @@ class Dispatcher:
         self.concurrency = cfg.concurrency
         self.lease = timedelta(seconds=cfg.lease_seconds)
         self.idle_seconds = cfg.idle_poll_seconds
+        # Rows claimed beyond the calls in flight, ready to start the moment a call ends.
+        self.prefetch = min(cfg.concurrency, cfg.batch_size) if prefetch is None else prefetch
         self.stats = DispatchStats()
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
@@ -163,39 +248,37 @@ class Dispatcher:
         timeout: float | None = None,
     ) -> DispatchStats:
         """Work until stopped. `drain`: return when nothing is due. `until_empty`: return
-        when no pending row is left at all (retries included). `timeout` caps the run."""
+        when no pending row is left at all (retries included). `timeout` caps the run.
+
+        Turns are pipelined with the calls: while a turn settles and claims in its
+        thread, calls keep finishing and claimed rows waiting in `ready` start at once,
+        so the department is not left idle for the length of a database turn."""
         deadline = None if timeout is None else perf_counter() + timeout
-        inflight: set[asyncio.Task[Attempt]] = set()
-        finished: list[Attempt] = []
+        flow = _Flow(self)
         try:
             while True:
                 stopping = (stop is not None and stop.is_set()) or (
                     deadline is not None and perf_counter() > deadline
                 )
-                capacity = 0 if stopping else self.concurrency - len(inflight)
-                claimed = await self._safe_turn(finished, capacity)
+                capacity = 0 if stopping else flow.room()
+                claimed = await flow.turn(capacity)
                 if claimed is None:  # rolled back: settle the same attempts next turn
                     continue
-                finished = []
-                for item, case, order in claimed:
-                    inflight.add(asyncio.create_task(self._attempt(item, case, order)))
-                if stopping and not inflight:
+                if stopping and flow.idle():
                     break
-                if not inflight:
+                full = capacity > 0 and len(claimed) >= min(self.batch_size, capacity)
+                if flow.done_tasks or (full and flow.room() > 0):
+                    continue  # more to settle or, likely, more due: turn again now
+                if not flow.inflight and not flow.ready:
                     if drain and not claimed:
                         break
                     if until_empty and not claimed and await asyncio.to_thread(self._empty):
                         break
                     await self._idle(stop)
                     continue
-                done, inflight = await asyncio.wait(
-                    inflight, timeout=self.idle_seconds, return_when=asyncio.FIRST_COMPLETED
-                )
-                finished = [task.result() for task in done]
+                await flow.wait(self.idle_seconds)
         finally:
-            if inflight:  # cancelled mid-flight: leases expire and another worker resumes
-                for task in inflight:
-                    task.cancel()
+            flow.cancel()  # cancelled mid-flight: leases expire and another worker resumes
         return self.stats
 
     async def _safe_turn(
@@ -239,8 +322,9 @@ class Dispatcher:
             # Limited departments' rows are locked first, in name order, before settle
             # touches department rows: all workers lock in one order and never deadlock.
             budgets = self._refill(uow, now)
-            notifications = self._settle(uow, finished, now) if finished else []
-            claimed = self._claim(uow, capacity, now, budgets) if capacity > 0 else []
+            healths = uow.departments.all()  # read once: settle updates it, claim reads it
+            notifications = self._settle(uow, finished, now, healths) if finished else []
+            claimed = self._claim(uow, capacity, now, budgets, healths) if capacity > 0 else []
             cases = uow.cases.get_many([item.case_id for item in claimed])
             orders = uow.work_orders.for_cases([item.case_id for item in claimed])
             loaded = [
@@ -294,9 +378,10 @@ class Dispatcher:
         capacity: int,
         now: datetime,
         budgets: dict[str, float] | None = None,
+        healths: dict[str, DepartmentHealth] | None = None,
     ) -> list[OutboxItem]:
         budgets = budgets or {}
-        healths = uow.departments.all()
+        healths = uow.departments.all() if healths is None else healths
         open_fully, canaries = [], []
         for department in self._departments():
             allowed = circuit_allows(healths.get(department, DepartmentHealth(department)), now)
@@ -483,13 +568,19 @@ class Dispatcher:
     # ----------------------------------------------------------------------- settle
 
     def _settle(
-        self, uow: UnitOfWork, attempts: list[Attempt], now: datetime
+        self,
+        uow: UnitOfWork,
+        attempts: list[Attempt],
+        now: datetime,
+        healths: dict[str, DepartmentHealth] | None = None,
     ) -> list[tuple[Case, CaseStatus, CaseStatus]]:
         """Write the outcomes of a turn's attempts: set-wise where the outcome is the common
         one (success), row by row for the rest. Attempts whose lease moved to another
-        worker are dropped: that worker's lookup will adopt whatever this one did."""
+        worker are dropped: that worker's lookup will adopt whatever this one did.
+        `healths` (the departments' rows as read this turn) is updated in place."""
         owned = self._settle_rows(uow, attempts, now)
-        healths = uow.departments.all()
+        healths = uow.departments.all() if healths is None else healths
+        before = {d: replace(h) for d, h in healths.items()}
         events: list[CaseEvent] = []
         deliveries: list[Attempt] = []
         for attempt in owned:
@@ -500,7 +591,8 @@ class Dispatcher:
         notifications = self._record_deliveries(uow, deliveries, now)
         uow.timeline.append(*events)
         for department in sorted({a.item.department for a in owned}):  # one lock order
-            uow.departments.put(healths[department])
+            if healths[department] != before.get(department, DepartmentHealth(department)):
+                uow.departments.put(healths[department])  # unchanged rows are not rewritten
         return notifications
 
     def _settle_rows(self, uow: UnitOfWork, attempts: list[Attempt], now: datetime):

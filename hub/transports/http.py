@@ -10,6 +10,11 @@ The transport also sharpens error mapping, which exactly-once delivery depends o
 - it may have left (read timeout, server disconnected mid-answer) → httpx.ReadTimeout /
   httpx.RemoteProtocolError: the outcome is unknown.
 The stock transport maps both to ConnectTimeout, which would hide an unknown outcome.
+
+Per-call overhead is trimmed where httpx and httpx-aiohttp do work the hub never needs
+(measured with benchmarks/dispatch.py; see the decision record): relative URLs are merged
+with the base URL once, not on every call; the cookie jar is only consulted when an answer
+sets a cookie; headers go to aiohttp as plain pairs; small answers are read in one piece.
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from typing import Any
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import AiohttpResponseStream
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 TRANSPORT_ENV = "HUB_HTTP_TRANSPORT"  # "aiohttp" (default) or "httpx"
+
+# Answers up to this size (by Content-Length) are read inside the transport in one piece;
+# larger or unsized ones stream as before.
+READ_AT_ONCE_MAX = 1 << 20
 
 
 def _precise(exc: BaseException, request: httpx.Request) -> httpx.TransportError | None:
@@ -46,15 +56,106 @@ def _precise(exc: BaseException, request: httpx.Request) -> httpx.TransportError
 class HubAiohttpTransport(AiohttpTransport):
     """AiohttpTransport with error mapping that separates "not sent" from "maybe applied"."""
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._timeouts: dict[tuple, aiohttp.ClientTimeout] = {}
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
-            return await super().handle_async_request(request)
+            return await self._send(request)
         except (httpx.TransportError, aiohttp.ClientError, TimeoutError) as exc:
             cause = exc.__cause__ if isinstance(exc, httpx.TransportError) else exc
             precise = _precise(cause or exc, request)
             if precise is None:
                 raise
             raise precise from exc
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """The parent's request path (no proxy, SNI or unix socket: the hub sets none),
+        without its per-call header decoding and chunked reading of small answers."""
+        if self.proxy or self.uds or request.extensions.get("sni_hostname"):
+            return await super().handle_async_request(request)
+        if not isinstance(self.client, aiohttp.ClientSession):
+            self.client = self.get_client()
+        data: Any
+        try:
+            data = request.content or None
+        except httpx.RequestNotRead:  # a streamed upload: aiohttp does the framing
+            data = request.stream
+            request.headers.pop("transfer-encoding", None)
+        encoding = request.headers.encoding
+        headers = [(k.decode(encoding), v.decode(encoding)) for k, v in request.headers.raw]
+        response = await self.client.request(
+            method=request.method,
+            url=str(request.url),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+            auto_decompress=False,
+            compress=False,
+            timeout=self._timeout(request.extensions.get("timeout", {})),
+        ).__aenter__()
+        stream: httpx.AsyncByteStream
+        length = response.content_length
+        if length is not None and length <= READ_AT_ONCE_MAX:
+            try:
+                stream = httpx.ByteStream(await response.read())
+            finally:
+                response.release()
+        else:
+            stream = AiohttpResponseStream(response)
+        extensions: dict[str, Any] = {"http_version": b"HTTP/1.1"}
+        if response.reason:
+            extensions["reason_phrase"] = response.reason.encode()
+        return httpx.Response(
+            status_code=response.status,
+            headers=response.raw_headers,
+            stream=stream,
+            request=request,
+            extensions=extensions,
+        )
+
+    def _timeout(self, timeout: dict[str, float | None]) -> aiohttp.ClientTimeout:
+        key = (timeout.get("connect"), timeout.get("read"), timeout.get("pool"))
+        cached = self._timeouts.get(key)
+        if cached is None:
+            cached = aiohttp.ClientTimeout(sock_connect=key[0], sock_read=key[1], connect=key[2])
+            self._timeouts[key] = cached
+        return cached
+
+
+class _LazyCookies(httpx.Cookies):
+    """The cookie jar, consulted only when an answer sets a cookie: http.cookiejar's
+    extraction costs a fifth of a department call and almost no department sets one."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        if any(key.lower() == b"set-cookie" for key, _ in response.headers.raw):
+            super().extract_cookies(response)
+
+
+class HubAsyncClient(httpx.AsyncClient):
+    """httpx.AsyncClient that merges each relative URL with the base URL once: adapters
+    call a handful of fixed paths, and httpx re-parses both URLs on every request."""
+
+    _MERGED_MAX = 512
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._cookies = _LazyCookies(self._cookies)
+        self._merged: dict[str, httpx.URL] = {}
+        self._merged_base = self.base_url
+
+    def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
+        if not isinstance(url, str):
+            return super()._merge_url(url)
+        if self._merged_base is not self.base_url:  # base_url was reassigned
+            self._merged, self._merged_base = {}, self.base_url
+        merged = self._merged.get(url)
+        if merged is None:
+            merged = super()._merge_url(url)
+            if len(self._merged) < self._MERGED_MAX:
+                self._merged[url] = merged
+        return merged
 
 
 def make_async_client(
@@ -72,7 +173,7 @@ def make_async_client(
     )
     if transport is None and os.environ.get(TRANSPORT_ENV, "aiohttp") == "aiohttp":
         transport = HubAiohttpTransport(limits=limits)
-    return httpx.AsyncClient(
+    return HubAsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         limits=limits,
@@ -110,14 +211,10 @@ async def send_classified(
     from hub.adapters import Transient, UnknownOutcome  # ports: the shared error vocabulary
 
     try:
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(IN_CALL_ATTEMPTS),
-            wait=wait_random_exponential(multiplier=0.05, max=0.5),
-            retry=retry_if_exception_type(NOT_SENT),
-            reraise=True,
-        ):
-            with attempt:
-                return await request()
+        try:
+            return await request()
+        except NOT_SENT as first:  # the retry machinery is built only when it is needed
+            return await _retry_not_sent(request, first)
     except NOT_SENT as exc:
         raise Transient(f"{label}: not reachable ({type(exc).__name__})") from None
     except SENT_MAYBE_APPLIED as exc:
@@ -126,4 +223,23 @@ async def send_classified(
     except httpx.HTTPError as exc:
         reason = f"{label}: transport error ({type(exc).__name__})"
         raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None
+
+
+async def _retry_not_sent(
+    request: Callable[[], Awaitable[httpx.Response]], first: BaseException
+) -> httpx.Response:
+    """Tenacity's loop with the failed first attempt replayed as its attempt 1, so the
+    wait before attempt 2 and the attempt budget are the same as if it had run it."""
+    failed: BaseException | None = first
+    async for attempt in AsyncRetrying(
+        stop=stop_after_attempt(IN_CALL_ATTEMPTS),
+        wait=wait_random_exponential(multiplier=0.05, max=0.5),
+        retry=retry_if_exception_type(NOT_SENT),
+        reraise=True,
+    ):
+        with attempt:
+            if failed is not None:
+                exc, failed = failed, None
+                raise exc
+            return await request()
     raise AssertionError("unreachable")  # pragma: no cover
