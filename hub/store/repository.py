@@ -89,14 +89,10 @@ def _insert_rows(
 
 
 _MAX_PARAMS = 30000  # below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters
-_INSERT_SQL: dict[tuple, str] = {}
-_CONVERTERS: dict[tuple, tuple] = {}
 
 
 def _insert_sql(dialect, table, columns, n_rows: int, key, ignore_conflicts: bool) -> str:
-    cache_key = (dialect.name, table.name, columns, n_rows, key, ignore_conflicts)
-    sql = _INSERT_SQL.get(cache_key)
-    if sql is None:
+    def build() -> str:
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
         row = "(" + ", ".join([mark] * len(columns)) + ")"
@@ -104,20 +100,18 @@ def _insert_sql(dialect, table, columns, n_rows: int, key, ignore_conflicts: boo
             f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
             f"VALUES {', '.join([row] * n_rows)}"
         )
-        if ignore_conflicts:
-            sql += " ON CONFLICT DO NOTHING"
-        if key is not None:
-            sql += f" RETURNING {quote(key)}"
-        _INSERT_SQL[cache_key] = sql
-    return sql
+        return _on_conflict(sql, quote, key, ignore_conflicts)
+
+    return _statement(
+        ("insert", dialect.name, table.name, columns, n_rows, key, ignore_conflicts), build
+    )
 
 
 def _unnest_sql(dialect, table, columns, key, ignore_conflicts: bool) -> str:
     """PostgreSQL: INSERT … SELECT FROM unnest(%s::type[], …) in the arrays' order (the
     timeline's ids follow it)."""
-    cache_key = (dialect.name, table.name, columns, "unnest", key, ignore_conflicts)
-    sql = _INSERT_SQL.get(cache_key)
-    if sql is None:
+
+    def build() -> str:
         quote = dialect.identifier_preparer.quote
         names = ", ".join(quote(c) for c in columns)
         # %b: binary arrays; psycopg escapes text-format array elements with regexes.
@@ -127,27 +121,29 @@ def _unnest_sql(dialect, table, columns, key, ignore_conflicts: bool) -> str:
             f"INSERT INTO {quote(table.name)} ({names}) SELECT {aliases} "
             f"FROM unnest({arrays}) WITH ORDINALITY AS u({aliases}, n) ORDER BY n"
         )
-        if ignore_conflicts:
-            sql += " ON CONFLICT DO NOTHING"
-        if key is not None:
-            sql += f" RETURNING {quote(key)}"
-        _INSERT_SQL[cache_key] = sql
-    return sql
+        return _on_conflict(sql, quote, key, ignore_conflicts)
+
+    return _statement(("unnest", dialect.name, table.name, columns, key, ignore_conflicts), build)
+
+
+def _on_conflict(sql: str, quote, key: str | None, ignore_conflicts: bool) -> str:
+    if ignore_conflicts:
+        sql += " ON CONFLICT DO NOTHING"
+    return sql if key is None else sql + f" RETURNING {quote(key)}"
 
 
 def _converters(dialect, table, columns: tuple[str, ...]) -> tuple:
     """(position, function) for each column whose value the driver cannot take as is: the
     function turns it into what the column type's bind processing would send."""
-    cache_key = (dialect.name, table.name, columns)
-    found = _CONVERTERS.get(cache_key)
-    if found is None:
-        found = tuple(
+
+    def build() -> tuple:
+        return tuple(
             (i, f)
             for i, name in enumerate(columns)
             if (f := _converter(dialect, table.c[name].type)) is not None
         )
-        _CONVERTERS[cache_key] = found
-    return found
+
+    return _statement(("converters", dialect.name, table.name, columns), build)
 
 
 def _converted(row: tuple, convert: tuple) -> tuple:
@@ -187,9 +183,10 @@ _STATEMENTS: dict[tuple, Any] = {}
 
 
 def _statement(key: tuple, build):
-    """A statement built once per key, with bindparams for its values: the dispatcher's
-    per-turn statements spend more in SQLAlchemy's construction and cache-key generation
-    than in the database, and a reused statement object memoizes its cache key."""
+    """A statement (or driver SQL, or converters) built once per key, with bindparams for
+    its values: the dispatcher's per-turn statements spend more in SQLAlchemy's
+    construction and cache-key generation than in the database, and a reused statement
+    object memoizes its cache key."""
     stmt = _STATEMENTS.get(key)
     if stmt is None:
         stmt = _STATEMENTS[key] = build()
