@@ -129,8 +129,7 @@ class ImportService:
             fresh = [r for r in good if r.case.hub_id not in seen]  # type: ignore[union-attr]
             summary.duplicates += len(good) - len(fresh)
             seen.update(r.case.hub_id for r in fresh)  # type: ignore[union-attr]
-            history = [r for r in fresh if finished_at_source(r.case)]  # type: ignore[arg-type]
-            live = [r for r in fresh if not finished_at_source(r.case)]  # type: ignore[arg-type]
+            history, live = _split_finished(fresh)
             if dry_run:
                 recorded, created = self._dry(history), self._dry(live)
             else:
@@ -180,6 +179,15 @@ class ImportService:
         with self.hub.uow() as uow:
             found = uow.cases.get_many([r.case.hub_id for r in rows])  # type: ignore[union-attr]
         return len(rows) - len(found)
+
+
+def _split_finished(rows: list[ImportedRow]) -> tuple[list[ImportedRow], list[ImportedRow]]:
+    """(finished at the source, still open), in file order."""
+    history: list[ImportedRow] = []
+    live: list[ImportedRow] = []
+    for row in rows:
+        (history if finished_at_source(row.case) else live).append(row)  # type: ignore[arg-type]
+    return history, live
 
 
 def finished_at_source(case: Case) -> CaseStatus | None:
