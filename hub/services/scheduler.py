@@ -64,7 +64,15 @@ class Scheduler:
 
     async def run_claimed(self, job: str, slot: str, work: Callable[[], Awaitable[Any]]) -> bool:
         """Run `work` if this process claims (job, slot); record how it ended."""
-        if not await asyncio.to_thread(self._claim, job, slot):
+        claiming = asyncio.ensure_future(asyncio.to_thread(self._claim, job, slot))
+        try:
+            won = await asyncio.shield(claiming)
+        except asyncio.CancelledError:  # stopping while the claim commits in its thread
+            if await claiming:  # it won: the slot is ours, so say how it ended
+                self.ran.append((job, slot))
+                await asyncio.to_thread(self._finish, job, slot, "cancelled", {})
+            raise
+        if not won:
             return False
         self.ran.append((job, slot))
         outcome, detail = "ok", {}
