@@ -22,6 +22,7 @@ import hashlib
 import logging
 import os
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -74,6 +75,8 @@ log = logging.getLogger(__name__)
 ACK_PATTERN = "ACK_*.csv"
 STAMP = "%Y%m%dT%H%M%S%fZ"  # archive/quarantine name prefix: when the hub took the file
 _RANK = {SENT: 0, PENDING: 1, ABANDONED: 2}
+PARSED_ROWS_KEPT = 100_000  # rows of archived files kept parsed (each file repeats a window)
+_Row = tuple[str | None, DepartmentEvent]  # (contractor's ref, the row's event)
 
 
 class SanitationConfig(AdapterConfig):
@@ -155,6 +158,8 @@ class SanitationAdapter(Adapter):
         self._ready_loop: asyncio.AbstractEventLoop | None = None
         self._entries: dict[str, LedgerEntry] = {}  # ledger file → entry
         self._by_hub: dict[str, str] = {}  # hub id → ledger file of its best entry
+        self._parsed: OrderedDict[str, list[_Row] | None] = OrderedDict()  # archive name →
+        self._parsed_rows = 0
 
     # -- the mapping ---------------------------------------------------------------
 
@@ -362,15 +367,42 @@ class SanitationAdapter(Adapter):
             stamp = _stamp_of(name)
             if stamp is None or stamp < since:
                 continue
-            data = await self.drop.read(ARCHIVE, name)
-            with contextlib.suppress(BadFile):  # checked at triage; a later edit is skipped
-                for event in self.events_of(data or b""):
-                    events[event.external_event_id] = event
-                stamps.append(stamp)
+            rows = await self._archived_rows(name)
+            if rows is None:
+                continue  # checked at triage; a later edit is skipped
+            for contractor_ref, event in rows:
+                external_id = self._external_id(event.hub_reference or "", contractor_ref)
+                if external_id != event.external_id:  # the ledger learned it since
+                    event = event.model_copy(update={"external_id": external_id})
+                events[event.external_event_id] = event
+            stamps.append(stamp)
         ordered = sorted(events.values(), key=lambda e: (e.sequence or "", e.external_event_id))
         return FileStatusPage(
             events=ordered, next_watermark=max(stamps, default=since), quarantined=notes
         )
+
+    async def _archived_rows(self, name: str) -> list[_Row] | None:
+        """The events of an archived file, parsed once per process: archive names carry
+        the content's digest and are never rewritten, while overlapping polls (and the
+        contractor's overlapping windows) would otherwise parse each file again and
+        again. None: the file is gone or no longer parses."""
+        if name in self._parsed:
+            self._parsed.move_to_end(name)
+            return self._parsed[name]
+        data = await self.drop.read(ARCHIVE, name)
+        try:
+            rows = self._rows_of(data or b"")
+        except BadFile:
+            rows = None
+        self._keep_parsed(name, rows)
+        return rows
+
+    def _keep_parsed(self, name: str, rows: list[_Row] | None) -> None:
+        self._parsed[name] = rows
+        self._parsed_rows += len(rows or ())
+        while self._parsed_rows > PARSED_ROWS_KEPT and len(self._parsed) > 1:
+            _, dropped = self._parsed.popitem(last=False)
+            self._parsed_rows -= len(dropped or ())
 
     async def triage(self) -> list[QuarantineNote]:
         """Move every finished inbound file to archive/ or quarantine/ (with a reason)."""
@@ -403,12 +435,13 @@ class SanitationAdapter(Adapter):
             reason = f"duplicate of {archived[digest[:16]]}"
             return await self._quarantine(name, name, stamp, data, reason)
         try:
-            self.events_of(data)
+            rows = self._rows_of(data)
         except BadFile as bad:
             return await self._quarantine(name, name, stamp, data, bad.reason)
         archive_name = f"{stamp}_{digest[:16]}_{name}"
         await self.drop.move(INBOUND, name, ARCHIVE, archive_name)
         archived[digest[:16]] = archive_name
+        self._keep_parsed(archive_name, rows)  # the poll that follows reads it at once
         return None
 
     def _expected(self, name: str) -> bool:
@@ -437,8 +470,19 @@ class SanitationAdapter(Adapter):
 
     def events_of(self, data: bytes) -> list[DepartmentEvent]:
         """Every row of an ack/status file as an event; BadFile if any row is bad."""
+        return [event for _, event in self._rows_of(data)]
+
+    def _rows_of(self, data: bytes) -> list[_Row]:
         layout = self._layout("status_updates")
-        return [self._event(row, layout) for row in parse_status_file(data, layout)]
+        return [
+            (row.get("external_id") or None, self._event(row, layout))
+            for row in parse_status_file(data, layout)
+        ]
+
+    def _external_id(self, hub_id: str, contractor_ref: str | None) -> str:
+        """The ledger's id once this process knows the batch; else the contractor's."""
+        known = self._known(hub_id)
+        return known.external_id(hub_id) if known else contractor_ref or hub_id
 
     def _event(self, row: StatusRow, layout: CsvLayout) -> DepartmentEvent:
         hub_id, code = row.get("reference"), row.get("status")
@@ -446,9 +490,8 @@ class SanitationAdapter(Adapter):
         if not when:
             raise BadFile(f"line {row.line}: no date")
         occurred = parse_datetime(when, layout, self.zone)
-        known = self._known(hub_id)
-        external_id = known.external_id(hub_id) if known else row.get("external_id") or hub_id
         contractor = row.get("external_id")
+        external_id = self._external_id(hub_id, contractor or None)
         # Overlapping windows repeat rows: the id is the row's meaning, not its position.
         meaning = "|".join((code, row.get("closure_code"), row.get("note"), row.get("media_url")))
         fingerprint = hashlib.md5(meaning.encode(), usedforsecurity=False).hexdigest()[:10]

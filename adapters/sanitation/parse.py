@@ -17,6 +17,7 @@ import io
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from hub.mapping.schema import CsvLayout
@@ -115,11 +116,15 @@ def _find_header(rows: list[list[str]], layout: CsvLayout) -> tuple[int, dict[st
 
 def parse_datetime(text: str, layout: CsvLayout, zone: ZoneInfo) -> datetime:
     """The layout's (day-first) format, with or without seconds, or ISO 8601 → UTC."""
-    value = text.strip()
-    formats = [layout.date_format]
-    if "%M" in layout.date_format and "%S" not in layout.date_format:
-        formats.append(layout.date_format.replace("%M", "%M:%S"))
-    formats.append(layout.date_format.split(" ")[0])
+    return _parse_datetime(text.strip(), layout.date_format, zone)
+
+
+@lru_cache(maxsize=65_536)  # a contractor's windows repeat each row's date many times
+def _parse_datetime(value: str, date_format: str, zone: ZoneInfo) -> datetime:
+    formats = [date_format]
+    if "%M" in date_format and "%S" not in date_format:
+        formats.append(date_format.replace("%M", "%M:%S"))
+    formats.append(date_format.split(" ")[0])
     for fmt in formats:
         try:
             return datetime.strptime(value, fmt).replace(tzinfo=zone).astimezone(UTC)
@@ -128,5 +133,5 @@ def parse_datetime(text: str, layout: CsvLayout, zone: ZoneInfo) -> datetime:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise BadFile(f"date {value!r} is not {layout.date_format}") from None
+        raise BadFile(f"date {value!r} is not {date_format}") from None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sanitation import SanitationAdapter
+from adapters.sanitation.files import ARCHIVE, INBOUND, LEDGER, SENT, LedgerEntry
 from adapters.sanitation.parse import BadFile
 from hub.testing.harness import REPO_MAPPINGS
 
@@ -108,3 +109,31 @@ async def test_an_unsafe_inbound_name_is_quarantined_under_a_safe_one(adapter, t
     page = await adapter.poll_changes(datetime.now(UTC))
     [note] = page.quarantined
     assert note.reason == "unsafe file name" and note.file.startswith("unsafe-name-")
+
+
+async def test_archived_files_are_parsed_once_and_take_ids_the_ledger_learns_later(
+    adapter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await adapter.poll_changes(since)  # creates the folders
+    (tmp_path / "inbound" / "COMPLETIONS_1.csv").write_bytes(QUIRKY)
+    reads: list[tuple[str, str]] = []
+    read = adapter.drop.read
+
+    async def counted(folder: str, name: str) -> bytes | None:
+        reads.append((folder, name))
+        return await read(folder, name)
+
+    monkeypatch.setattr(adapter.drop, "read", counted)
+    first = await adapter.poll_changes(since)
+    assert [e.external_id for e in first.events] == ["00560250", "00560251"]  # contractor's
+    # Another worker's batch carried h-1: its ledger entry appears after the file was parsed.
+    entry = LedgerEntry(batch="SR_20260203_0001.csv", state=SENT, rows={"h-1": 3})
+    (tmp_path / LEDGER / entry.key).write_bytes(entry.dumps())
+    second = await adapter.poll_changes(since)
+    assert [e.external_id for e in second.events] == [entry.external_id("h-1"), "00560251"]
+    assert [e.external_event_id for e in second.events] == [
+        e.external_event_id for e in first.events
+    ]
+    assert [f for f, _ in reads].count(ARCHIVE) == 0  # parsed at triage, never read again
+    assert [f for f, _ in reads].count(INBOUND) == 1
