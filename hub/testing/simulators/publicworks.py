@@ -182,6 +182,9 @@ class PublicWorksSimulator(BaseSimulator):
     def clear(self) -> None:
         with self.lock:
             self.records: dict[int, dict[str, Any]] = {}
+            # OtherSystemId → RequestIds, oldest first: the real system indexes the field,
+            # and a scan per lookup would make a 100,000-record backlog time out here.
+            self.by_reference: dict[str, list[int]] = {}
             self.events: list[dict[str, Any]] = []
             self.history: dict[int, list[dict[str, Any]]] = {}  # RequestId → its events
             self.comments: dict[int, list[dict[str, Any]]] = {}
@@ -318,8 +321,7 @@ class PublicWorksSimulator(BaseSimulator):
         if data["ProblemCode"] not in self.problem_codes:
             return error(ERR_INVALID_FIELD, "ProblemCode is not a valid problem code")
         with self.lock:
-            record = self._record(data)
-            self.records[record["RequestId"]] = record
+            record = self._keep(self._record(data))
             self._event(record, None, "New", record["DateTimeInit"])
             if data.get("Comments"):
                 self._comment(record["RequestId"], str(data["Comments"]))
@@ -329,7 +331,7 @@ class PublicWorksSimulator(BaseSimulator):
         reference = data.get("OtherSystemId")
         if not reference:
             return error(ERR_REQUIRED, "Required fields missing: OtherSystemId")
-        hits = [r for r in self.records.values() if r["OtherSystemId"] == reference]
+        hits = [self.records[i] for i in self.by_reference.get(reference, ()) if i in self.records]
         return envelope(_public(hits[0]) if hits else None)  # the oldest, if duplicated
 
     async def by_id(self, data: dict[str, Any], form: Any) -> dict[str, Any]:
@@ -559,6 +561,12 @@ class PublicWorksSimulator(BaseSimulator):
             "Photos": [a["Url"] for a in record["Attachments"]] if target == "Closed" else [],
         }
 
+    def _keep(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a record and index its hub reference (callers hold the lock)."""
+        self.records[record["RequestId"]] = record
+        self.by_reference.setdefault(record["OtherSystemId"], []).append(record["RequestId"])
+        return record
+
     # -- drift for reconciliation tests (simulator-only) ------------------------------
 
     def lose(self, request_id: int) -> bool:
@@ -571,8 +579,9 @@ class PublicWorksSimulator(BaseSimulator):
     ) -> dict[str, Any]:
         """A record carrying a hub reference that the hub never heard back about."""
         with self.lock:
-            record = self._record({"ProblemCode": problem_code, "OtherSystemId": reference})
-            self.records[record["RequestId"]] = record
+            record = self._keep(
+                self._record({"ProblemCode": problem_code, "OtherSystemId": reference})
+            )
             self._event(record, None, "New", record["DateTimeInit"])
             if status != "New":
                 self._step(record, close=False, status=status)
@@ -586,14 +595,16 @@ class PublicWorksSimulator(BaseSimulator):
         with self.lock:
             for reference, status in rows:
                 rid, self._next_request_id = self._next_request_id, self._next_request_id + 1
-                self.records[rid] = {
-                    "RequestId": rid,
-                    "Status": status,
-                    "OtherSystemId": reference,
-                    "DateTimeInit": stamp,
-                    "DateTimeModified": stamp,
-                    "Attachments": [],
-                }
+                self._keep(
+                    {
+                        "RequestId": rid,
+                        "Status": status,
+                        "OtherSystemId": reference,
+                        "DateTimeInit": stamp,
+                        "DateTimeModified": stamp,
+                        "Attachments": [],
+                    }
+                )
                 ids.append(rid)
         return ids
 
