@@ -18,6 +18,7 @@ Prints a table, then the JSON document as the last line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -45,17 +46,18 @@ PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TOLERANCE = 0.10
 
 
-def delivered(city: SimulatedCity) -> int:
+def settled(city: SimulatedCity) -> tuple[int, int]:
+    """(work orders delivered, dead-lettered)."""
     from sqlalchemy import create_engine
 
     engine = create_engine(city.database_url)
+    state = t.work_orders.c.delivery_state
     try:
         with engine.connect() as conn:
-            return conn.execute(
-                select(func.count()).where(t.work_orders.c.delivery_state == "delivered")
-            ).scalar_one()
+            counts = dict(conn.execute(select(state, func.count()).group_by(state)).all())
     finally:
         engine.dispose()
+    return counts.get("delivered", 0), counts.get("dead", 0)
 
 
 def windows(stamps: list[float], start: float, width: float) -> list[float]:
@@ -107,12 +109,12 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
             )
             recovered = time.monotonic()
             deadline = recovered + args.cases / args.rate * 2 + 60
-            while delivered(city) < args.cases and time.monotonic() < deadline:
+            while sum(settled(city)) < args.cases and time.monotonic() < deadline:
                 time.sleep(0.5)
             drain_s = time.monotonic() - recovered
         finally:
             pool.stop()
-        done = delivered(city)
+        done, dead = settled(city)
         state = simulator.state()
     stamps = sorted(s for s in log.stamps if s >= recovered)
     rates = windows(stamps, recovered, args.window)
@@ -130,6 +132,7 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
         "calls_during_outage": outage_calls,
         "drain_seconds": round(drain_s, 1),
         "delivered": done,
+        "dead_lettered": dead,
         "duplicates": len(state["duplicates"]),
         "answered_429": state["faults"].get("rate_limit_429", 0),
         "achieved_rate_overall": round(len(stamps) / drain_s, 1) if drain_s else 0.0,
@@ -149,7 +152,8 @@ def table(doc: dict[str, Any]) -> str:
     lines.append(
         f"limit {doc['rate_limit_per_second']}/s; steady windows {doc['steady_min']}-"
         f"{doc['steady_max']}/s; within ±10%: {doc['within_10_percent']}; delivered"
-        f" {doc['delivered']}/{doc['cases']} in {doc['drain_seconds']} s; 429s answered"
+        f" {doc['delivered']}/{doc['cases']} in {doc['drain_seconds']} s; dead letters"
+        f" {doc['dead_lettered']}; 429s answered"
         f" {doc['answered_429']}; duplicates {doc['duplicates']}"
     )
     return "\n".join(lines)
@@ -167,6 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sqlite", action="store_true", help="SQLite instead (one file)")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument("--keep", type=Path, help="work in this directory and keep it (logs)")
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.rate = min(args.cases, 3000), min(args.rate, 100.0)
@@ -175,8 +180,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="hub-backlog-") as tmp:
-        directory = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            directory = args.keep
+        else:
+            tmp = tempfile.TemporaryDirectory(prefix="hub-backlog-")
+            directory = Path(stack.enter_context(tmp))
         if args.sqlite:
             doc = run(args, directory, f"sqlite:///{directory / 'hub.db'}")
         else:
@@ -187,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc))
-    return 0 if doc["within_10_percent"] and doc["duplicates"] == 0 else 1
+    ok = doc["within_10_percent"] and doc["duplicates"] == 0 and doc["delivered"] == doc["cases"]
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
