@@ -7,12 +7,14 @@ deduplicate on; the hub's engine makes create exactly-once by looking the reques
 Status sync polls ``Search {DateModifiedBegin}`` then ``ByIds`` (both real Cityworks): one
 event per changed request, carrying its current status. Intermediate statuses between two
 polls collapse into the latest one; the mapping must (and the hub does) tolerate that.
+More changes than ``max_changes_per_poll`` (an outage, a bulk update) are read a time window
+at a time (``DateModifiedEnd``), one page per window, so no poll is all-or-nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -81,6 +83,12 @@ class PublicWorksConfig(AdapterConfig):
         description="older sites: /Services/authentication/authenticate",
     )
     batch_size: int = Field(default=200, ge=1, le=1000, description="RequestIds per ByIds call")
+    max_changes_per_poll: int = Field(
+        default=2000,
+        ge=1,
+        description="more changed requests than this are read a time window per page; "
+        "the changes of a single second are read whole",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -187,16 +195,70 @@ class PublicWorksAdapter(Adapter):
     async def poll_changes(self, since: datetime) -> StatusPage:
         # Search is inclusive of DateModifiedBegin: the newest change of the last page comes
         # again, which the hub's dedup on external_event_id absorbs (a free overlap).
-        value = await self._read(
-            SR + "Search", {"DateModifiedBegin": utc_to_local(since, self.zone)}
-        )
+        begin = utc_to_local(since, self.zone)
+        ids = await self._search(begin)
+        if len(ids) <= self.config.max_changes_per_poll:
+            events = await self._events(ids)
+            watermark = max((e.occurred_at for e in events), default=since)
+            return StatusPage(events=events, next_watermark=watermark)
+        end, ids = await self._window(since, begin, len(ids))
+        # Every change up to `end` is in this window or read again by the next one, which
+        # begins at `end` itself (both bounds inclusive): `end` is safe to resume from.
+        return StatusPage(events=await self._events(ids), next_watermark=end, more=True)
+
+    async def _window(self, since: datetime, begin: str, total: int) -> tuple[datetime, list]:
+        """A window [since, since + k s] (k whole seconds, up to now) whose Search holds at
+        most the limit and at least 3/4 of it when it can, and its ids; a single second
+        (k = 1) is taken however many it holds.
+
+        Each probe is a Search, which lists every id in its window: the next k is
+        interpolated from the counts seen (changes spread evenly between them), every
+        other probe bisects so an uneven spread still converges in logarithmic time. Ends
+        are whole UTC seconds: the next page's DateModifiedBegin, utc_to_local(end), is
+        then exactly this page's DateModifiedEnd, even across a DST change, so consecutive
+        windows always meet. Correctness does not need the counts to grow with k (naive
+        local time repeats an hour at fall-back): any probed k that fits is a safe page."""
+        start = (since if since.tzinfo else since.replace(tzinfo=UTC)).replace(microsecond=0)
+        limit = self.config.max_changes_per_poll
+        enough, aim = limit - limit // 4, limit - limit // 8
+        span = max(1, int((datetime.now(UTC) - start).total_seconds()))
+        # Widest k known to fit and its count; narrowest known not to (at first, past now,
+        # where the open-ended Search counted `total`) and its count.
+        fits, fits_n, over, over_n = 0, 0, span + 1, total
+        fitting: list[Any] = []
+        one_second: list[Any] = []
+        k, probes = _between(fits, over, span * aim // total), 0
+        while True:
+            ids = await self._search(begin, utc_to_local(start + timedelta(seconds=k), self.zone))
+            probes += 1
+            if k == 1:
+                one_second = ids
+            if len(ids) <= limit:
+                fits, fits_n, fitting = k, len(ids), ids
+            else:
+                over, over_n = k, len(ids)
+            if over - fits <= 1 or fits == span or fits_n >= enough:
+                break
+            if probes % 2:  # interpolate: where `aim` changes would be, spread evenly
+                k = _between(fits, over, fits + (aim - fits_n) * (over - fits) // (over_n - fits_n))
+            else:
+                k = (fits + over) // 2
+        if not fits:  # a burst inside one second: read whole, the next page starts after it
+            return start + timedelta(seconds=1), one_second
+        return start + timedelta(seconds=fits), fitting
+
+    async def _search(self, begin: str, end: str | None = None) -> list[Any]:
+        data = {"DateModifiedBegin": begin}
+        if end is not None:
+            data["DateModifiedEnd"] = end
+        value = await self._read(SR + "Search", data)
         if not isinstance(value, list):
             raise MalformedResponse(f"{self.department} {SR}Search: expected a list of ids")
-        events = sorted(
-            (self._event(r) for r in await self._by_ids(value)), key=lambda e: e.sequence or ""
-        )
-        watermark = max((e.occurred_at for e in events), default=since)
-        return StatusPage(events=events, next_watermark=watermark)
+        return value
+
+    async def _events(self, ids: list[Any]) -> list[DepartmentEvent]:
+        records = await self._by_ids(ids)
+        return sorted((self._event(r) for r in records), key=lambda e: e.sequence or "")
 
     async def _by_ids(self, ids: list[Any]) -> list[dict[str, Any]]:
         size = self.config.batch_size
@@ -295,6 +357,11 @@ class PublicWorksAdapter(Adapter):
                     f"{self.department} attach: evidence unreadable ({exc.strerror})"
                 ) from None
         return await self.client.fetch(attachment.url)
+
+
+def _between(low: int, high: int, value: int) -> int:
+    """`value` moved strictly inside (low, high), which holds at least one integer."""
+    return min(max(value, low + 1), high - 1)
 
 
 def _request_id(external_id: str) -> int:
