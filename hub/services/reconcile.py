@@ -452,9 +452,15 @@ class Reconciler:
         since = self._oldest(adapter.department)
         if since is None:
             return
-        page = await adapter.poll_changes(since - timedelta(days=1))
-        for start in range(0, len(page.events), self.batch_size):
-            yield page.events[start : start + self.batch_size]
+        since -= timedelta(days=1)
+        while True:  # a department that pages its changes (more=True) is read to the end
+            page = await adapter.poll_changes(since)
+            for start in range(0, len(page.events), self.batch_size):
+                yield page.events[start : start + self.batch_size]
+            resume = min(page.next_watermark or since, self.clock())
+            if not page.more or resume <= since:
+                return
+            since = resume
 
     def _oldest(self, department: str) -> datetime | None:
         w = t.work_orders

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from hub.model import CaseStatus, DeliveryState
@@ -71,4 +73,20 @@ async def test_a_record_with_an_unknown_reference_is_reported_not_adopted(city) 
     [finding] = report.departments["publicworks"].findings
     assert finding.kind == "orphan" and finding.healed is None
     assert "does not know" in finding.detail
+    await hub.aclose()
+
+
+async def test_an_orphan_beyond_the_first_page_of_changes_is_found(city) -> None:
+    # A department that pages its changes (public works: one time window per page when
+    # more than max_changes_per_poll changed) is listed to the end, not to its first page.
+    hub = make_hub(city)
+    hub.config.departments["publicworks"].settings["max_changes_per_poll"] = 2
+    feed(hub, 6)
+    await deliver(hub)
+    await asyncio.sleep(1.1)  # the orphan changes in a later second: a later window
+    record = sim(city).add_record("f00dfeed-0000-4000-8000-000000000001")
+    report = await Reconciler(hub).run("publicworks")
+    [finding] = report.departments["publicworks"].findings
+    assert finding.kind == "orphan" and finding.external_id == str(record["RequestId"])
+    assert report.departments["publicworks"].listed >= 7
     await hub.aclose()
