@@ -36,7 +36,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from urllib.parse import urlencode
@@ -50,6 +50,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from benchmarks.proc_cpu import process_tree_cpu  # noqa: E402
 from hub.mapping import load_mappings  # noqa: E402
 from hub.services.apikeys import ApiKeyService  # noqa: E402
 from hub.store.db import SQLITE_SYNCHRONOUS_ENV, make_engine  # noqa: E402
@@ -193,19 +194,6 @@ def bodies(n: int, key: str, seed: int) -> list[bytes]:
     return [urlencode({**form, "api_key": key}, doseq=True).encode() for form in forms]
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU of `pid` and its children still running (Linux /proc)."""
-    pids = [pid]
-    with suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    ticks = 0
-    for each in pids:
-        with suppress(OSError):
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
 def run_loop(coro):
     """uvloop when installed: the load generator must stay cheap next to the server."""
     try:
@@ -260,10 +248,10 @@ def run_cell(
     payloads = bodies(n + warmup, key, seed)
     with server(url, env, workers) as (base, pid):
         run_loop(drive(base, payloads[:warmup], min(concurrency, 8)))
-        client0, server0 = time.process_time(), process_cpu_seconds(pid)
+        client0, server0 = time.process_time(), process_tree_cpu(pid)
         latencies, errors, elapsed = run_loop(drive(base, payloads[warmup:], concurrency))
         client_cpu = time.process_time() - client0
-        server_cpu = process_cpu_seconds(pid) - server0
+        server_cpu = process_tree_cpu(pid) - server0
     ok = len(latencies) - errors
     return Cell(
         store,

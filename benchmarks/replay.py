@@ -16,6 +16,17 @@ Intake-to-delivery is measured from the outbox (created to completed); status la
 department's closure time to the hub receiving it (seconds resolution: the departments
 stamp whole seconds).
 
+On one 2-core machine the simulators, the feeder and PostgreSQL compete with the hub for
+CPU, so deployed mode also accounts CPU (user+system) per role over the measured window,
+read from /proc (Linux only) at its start and just before anything is stopped: the hub
+(``hub worker`` processes; IntakeService in this process, by time.thread_time; on
+PostgreSQL its server processes, split by pg_stat_activity: the sessions of the workers
+and of the intake, each with its own application_name, and the background processes),
+the test rig (each simulator process, the rest of this process's main thread: case
+generation and the backlog/closed polls on an engine of their own, the crew thread) and
+the whole machine (/proc/stat), with the gap between the roles' sum and the machine.
+From it: hub CPU ms per case and the core-minutes 1,000,000 cases would need.
+
 ``--mode inprocess``: everything in this one process, chunk by chunk, phase after phase
 (the cProfile of the whole code path):
 
@@ -54,6 +65,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,9 +76,17 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import func, select  # noqa: E402
+from sqlalchemy import func, select, text  # noqa: E402
 
 from benchmarks.dispatch import free_port, wait_until_answering  # noqa: E402
+from benchmarks.proc_cpu import (  # noqa: E402
+    all_processes,
+    machine_cpu,
+    other_processes,
+    postgres_cpu,
+    process_cpu,
+    thread_cpu,
+)
 from hub.config import WorkerConfig  # noqa: E402
 from hub.model import FINISHED  # noqa: E402
 from hub.services.dispatch import Dispatcher  # noqa: E402
@@ -74,6 +94,7 @@ from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
 from hub.services.sync import StatusSync  # noqa: E402
 from hub.store import tables as t  # noqa: E402
+from hub.store.db import make_engine  # noqa: E402
 from hub.store.migrate import upgrade  # noqa: E402
 from hub.testing.generator import CaseGenerator  # noqa: E402
 from hub.testing.harness import (  # noqa: E402
@@ -84,9 +105,16 @@ from hub.testing.harness import (  # noqa: E402
 )
 from hub.testing.simulators import codeenforcement as ce_sim  # noqa: E402
 from hub.testing.simulators import publicworks as pw_sim  # noqa: E402
-from hub.testing.soak import DEPARTMENTS, postgres_schema, write_config  # noqa: E402
+from hub.testing.soak import (  # noqa: E402
+    DEPARTMENTS,
+    postgres_schema,
+    with_application_name,
+    write_config,
+)
 
 TARGET_CASES, TARGET_SECONDS = 1_000_000, 1800
+# The PostgreSQL processes whose CPU is the hub's: its sessions and the shared background.
+HUB_POSTGRES_ROLES = ("worker_sessions", "feeder_sessions", "background")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -223,6 +251,67 @@ def run_inprocess(args: argparse.Namespace, directory: Path, url: str) -> dict[s
     }
 
 
+# --------------------------------------------------------------------------- CPU per role
+# Linux only: /proc/PID/stat, /proc/self/task/TID/stat and /proc/stat.
+
+
+@dataclass
+class CpuSnapshot:
+    """CPU seconds per role at one instant of the measured window."""
+
+    wall: float
+    workers: list[float | None]
+    simulators: dict[str, float | None]
+    process: float
+    main_thread: float
+    crews: float
+    processes: dict[int, tuple[str, float, float]]
+    postgres: dict[int, float]
+    machine: tuple[float, float]
+
+    @classmethod
+    def take(
+        cls, workers: list[subprocess.Popen], simulators: dict[str, int], crews_tid: int | None
+    ) -> CpuSnapshot:
+        processes = all_processes()
+        return cls(
+            wall=time.perf_counter(),
+            workers=[process_cpu(w.pid) for w in workers],
+            simulators={d: process_cpu(pid) for d, pid in simulators.items()},
+            process=process_cpu(os.getpid()) or 0.0,
+            main_thread=time.thread_time(),  # taken on the main thread
+            crews=thread_cpu(crews_tid),
+            processes=processes,
+            postgres=postgres_cpu(processes),
+            machine=machine_cpu(),
+        )
+
+
+def delta(end: float | None, start: float | None) -> float:
+    """CPU used between two readings; 0 for a process gone before the end (counted as
+    exited early) or not there at the start."""
+    return 0.0 if end is None or start is None else end - start
+
+
+def postgres_split(
+    start: dict[int, float], end: dict[int, float], roles: dict[int, str]
+) -> dict[str, float]:
+    """The postgres processes' CPU in the window by role (`roles`: pid -> role from
+    pg_stat_activity at the end). What no live pid holds (the postmaster, backends that
+    exited inside the window, less the start figures of those that exited) is
+    `postmaster_and_exited`."""
+    split: dict[str, float] = defaultdict(float)
+    for pid, seconds in end.items():
+        split[roles.get(pid, "postmaster_and_exited")] += seconds - start.get(pid, 0.0)
+    split["postmaster_and_exited"] -= sum(s for pid, s in start.items() if pid not in end)
+    split["total"] = sum(end.values()) - sum(start.values())
+    return dict(split)
+
+
+def r3(value: float) -> float:
+    return round(value, 3)
+
+
 # --------------------------------------------------------------------------- deployed
 
 
@@ -241,7 +330,7 @@ def department_process(department: str, directory: Path) -> Iterator[SimpleNames
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url, proc)
-        yield SimpleNamespace(url=url, simulator=SimpleNamespace(root=root))
+        yield SimpleNamespace(url=url, simulator=SimpleNamespace(root=root), pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -275,6 +364,19 @@ class Deployed:
     def __init__(self, args: argparse.Namespace, directory: Path, url: str) -> None:
         self.args, self.directory, self.url = args, directory, url
         self.phases: dict[str, float] = defaultdict(float)
+        self.intake_cpu = 0.0  # main-thread CPU inside IntakeService.submit_many
+        self.known_pids: set[int] = set()  # this run's processes but PostgreSQL's
+        # The rig's own polls (backlog, cases closed) on their own engine: read-only on
+        # SQLite (no write lock), and a session of their own on PostgreSQL.
+        self.rig = make_engine(self.tagged("rig"), pool_size=1, read_only=True)
+
+    def tagged(self, role: str) -> str:
+        """The URL with a PostgreSQL application_name per role, to split the server's CPU."""
+        return with_application_name(self.url, self.application_name(role))
+
+    @staticmethod
+    def application_name(role: str) -> str:
+        return f"replay-{role}-{os.getpid()}"
 
     def run(self) -> dict[str, Any]:
         os.environ.setdefault(PASSWORD_ENV, pw_sim.DEFAULT_PASSWORD)
@@ -284,7 +386,9 @@ class Deployed:
             servers = {
                 d: stack.enter_context(department_process(d, self.directory)) for d in DEPARTMENTS
             }
-            city = SimulatedCity(self.directory, self.url, servers=servers, timeout_seconds=30)
+            city = SimulatedCity(
+                self.directory, self.tagged("feeder"), servers=servers, timeout_seconds=30
+            )
             config = write_config(
                 city,
                 self.directory / "hub.yaml",
@@ -297,14 +401,22 @@ class Deployed:
             time.sleep(3.0)  # imports, migrations checked, first polls: outside the clock
             crews = Crews({d: s.url for d, s in servers.items()})
             crews.start()
+            simulators = {d: s.pid for d, s in servers.items()}
+            self.known_pids = {os.getpid(), *(w.pid for w in workers), *simulators.values()}
+            first = CpuSnapshot.take(workers, simulators, crews.native_id)
             started = time.perf_counter()
             fed = self.feed(hub)
-            closed = self.wait_closed(hub, fed)
+            closed = self.wait_closed(fed)
             seconds = time.perf_counter() - started
+            last = CpuSnapshot.take(workers, simulators, crews.native_id)  # before any stop
+            roles = self.postgres_roles()
+            exited = sum(w.poll() is not None for w in workers)
             crews.stopping.set()
             crews.join(timeout=30)
             self.stop_workers(workers)
             doc = self.figures(hub, fed, closed, seconds, crews.events)
+            doc.update(self.cpu_figures(first, last, roles, len(fed), exited))
+            self.rig.dispose()
             hub.dispose()
         return doc
 
@@ -314,7 +426,7 @@ class Deployed:
         return self.args.workers if self.args.postgres else 1  # SQLite: one writer process
 
     def start_workers(self, config: Path, stack: ExitStack) -> list[subprocess.Popen]:
-        env = {**os.environ, "HUB_DATABASE_URL": self.url, "HUB_LOG_LEVEL": "WARNING"}
+        env = {**os.environ, "HUB_DATABASE_URL": self.tagged("worker"), "HUB_LOG_LEVEL": "WARNING"}
         processes = []
         for slot in range(self.worker_count()):
             command = [sys.executable]
@@ -349,26 +461,27 @@ class Deployed:
         return ids
 
     def submit(self, hub: Hub, chunk: list) -> list[str]:
-        while self.backlog(hub) > 2 * self.args.chunk:
+        while self.backlog() > 2 * self.args.chunk:
             time.sleep(0.05)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         results = IntakeService(hub).submit_many(chunk, actor="replay")
+        self.intake_cpu += time.thread_time() - cpu
         self.phases["intake (this process)"] += time.perf_counter() - started
         return [r.case.hub_id for r in results if r.created]
 
-    def backlog(self, hub: Hub) -> int:
+    def backlog(self) -> int:
         ob = t.outbox.c
-        with hub.engine.connect() as conn:
+        with self.rig.connect() as conn:
             return conn.execute(
                 select(func.count()).where(ob.state == "pending", ob.operation == "create")
             ).scalar_one()
 
-    def wait_closed(self, hub: Hub, ids: list[str]) -> int:
+    def wait_closed(self, ids: list[str]) -> int:
         done = [s.value for s in FINISHED]
         deadline = time.perf_counter() + self.args.timeout
         closed = 0
         while time.perf_counter() < deadline:
-            with hub.engine.connect() as conn:
+            with self.rig.connect() as conn:
                 closed = conn.execute(
                     select(func.count()).where(t.cases.c.status.in_(done))
                 ).scalar_one()
@@ -428,6 +541,70 @@ class Deployed:
         }
         return doc
 
+    # -- CPU per role ----------------------------------------------------------------
+
+    def postgres_roles(self) -> dict[int, str]:
+        """pid -> role of every PostgreSQL server process pg_stat_activity lists now."""
+        if not self.args.postgres:
+            return {}
+        ours = {self.application_name(r): f"{r}_sessions" for r in ("worker", "feeder", "rig")}
+        query = text("SELECT pid, application_name, backend_type FROM pg_stat_activity")
+        with self.rig.connect() as conn:
+            rows = conn.execute(query).all()
+        return {
+            pid: ours.get(name) or ("background" if kind != "client backend" else "other_clients")
+            for pid, name, kind in rows
+        }
+
+    def cpu_figures(
+        self, first: CpuSnapshot, last: CpuSnapshot, roles: dict[int, str], cases: int, exited: int
+    ) -> dict[str, Any]:
+        workers = [delta(b, a) for a, b in zip(first.workers, last.workers, strict=True)]
+        simulators = {d: delta(last.simulators[d], first.simulators[d]) for d in first.simulators}
+        this_process = last.process - first.process
+        main_thread = last.main_thread - first.main_thread
+        crews = last.crews - first.crews
+        postgres = postgres_split(first.postgres, last.postgres, roles)
+        others_total, others = other_processes(first.processes, last.processes, self.known_pids)
+        busy, total = (b - a for a, b in zip(first.machine, last.machine, strict=True))
+        hub = sum(workers) + self.intake_cpu
+        hub_postgres = None
+        if self.args.postgres:  # background: WAL writer, checkpointer, autovacuum (shared)
+            hub_postgres = sum(postgres.get(k, 0.0) for k in HUB_POSTGRES_ROLES)
+        roles_sum = sum(workers) + sum(simulators.values()) + this_process + postgres["total"]
+        per_case = (hub + (hub_postgres or 0.0)) / cases if cases else 0.0
+        core_minutes = per_case * TARGET_CASES / 60
+        cores = os.cpu_count() or 1
+        return {
+            "cpu_s": {
+                "window_s": r3(last.wall - first.wall),
+                "cores": cores,
+                "hub_workers": r3(sum(workers)),
+                "hub_workers_each": [r3(w) for w in workers],
+                "hub_workers_exited_early": exited,
+                "hub_intake": r3(self.intake_cpu),
+                "hub_postgres": None if hub_postgres is None else r3(hub_postgres),
+                "rig_simulators": {d: r3(v) for d, v in simulators.items()},
+                "rig_feeder_main_thread": r3(main_thread - self.intake_cpu),
+                "rig_crew_thread": r3(crews),
+                "this_process": r3(this_process),
+                "this_process_other_threads": r3(this_process - main_thread - crews),
+                "postgres": {k: r3(v) for k, v in sorted(postgres.items())},
+                "roles_sum": r3(roles_sum),
+                "machine_busy": r3(busy),
+                "machine_utilization": round(busy / total, 3) if total else 0.0,
+                "gap": r3(busy - roles_sum),
+                "gap_other_processes": r3(others_total),
+                "gap_top_processes": {c: r3(v) for c, v in list(others.items())[:5] if v > 0},
+            },
+            "hub_cpu_ms_per_case": round(hub / cases * 1000, 2) if cases else 0.0,
+            "hub_cpu_ms_per_case_with_postgres": (
+                round(per_case * 1000, 2) if hub_postgres is not None else None
+            ),
+            "hub_core_minutes_1m": round(core_minutes, 1),
+            "hub_minutes_1m_on_2_cores": round(core_minutes / 2, 1),
+        }
+
     def worker_profile(self) -> list[dict[str, Any]]:
         path = self.directory / "worker.prof"
         if not path.exists():
@@ -437,6 +614,68 @@ class Deployed:
 
 def run_deployed(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
     return Deployed(args, directory, url).run()
+
+
+def cpu_table(doc: dict[str, Any]) -> list[str]:
+    """The CPU per role (deployed mode): what is the hub, what is the test rig."""
+    cpu = doc["cpu_s"]
+    window, cores, pg = cpu["window_s"], cpu["cores"], cpu["postgres"]
+    each = cpu["hub_workers_each"]
+    busiest = max(each, default=0.0) / window if window else 0.0
+    rows: list[tuple[str, float]] = [
+        (
+            f"hub  workers, {len(each)} process(es), busiest {busiest:.0%} of a core",
+            cpu["hub_workers"],
+        ),
+        ("hub  intake: IntakeService.submit_many here", cpu["hub_intake"]),
+    ]
+    if cpu["hub_postgres"] is not None:
+        rows += [
+            ("hub  postgres: the workers' sessions", pg.get("worker_sessions", 0.0)),
+            ("hub  postgres: the intake's sessions", pg.get("feeder_sessions", 0.0)),
+            ("hub  postgres: background (WAL, checkpoint, vacuum)", pg.get("background", 0.0)),
+        ]
+    rows += [(f"rig  simulator {d}", v) for d, v in cpu["rig_simulators"].items()]
+    rows += [
+        ("rig  feeder: case generation, backlog/close polls", cpu["rig_feeder_main_thread"]),
+        ("rig  crew thread", cpu["rig_crew_thread"]),
+        ("rig  this process, other threads", cpu["this_process_other_threads"]),
+    ]
+    if cpu["hub_postgres"] is not None:
+        rows += [
+            ("rig  postgres: the rig's polling session", pg.get("rig_sessions", 0.0)),
+            ("---  postgres: other clients (not this run)", pg.get("other_clients", 0.0)),
+            ("---  postgres: postmaster + exited backends", pg.get("postmaster_and_exited", 0.0)),
+        ]
+    else:
+        rows.append(("---  postgres, all processes (not this run)", pg["total"]))
+    lines = [
+        f"CPU (user+system s) in the measured window: {window:.1f} s wall x {cores} cores"
+        f" = {window * cores:.1f} core-s",
+        *(f"  {label:<58} {value:>8.2f}" for label, value in rows),
+        f"  {'sum of the above':<58} {cpu['roles_sum']:>8.2f}",
+        f"  {'machine busy (/proc/stat)':<58} {cpu['machine_busy']:>8.2f}"
+        f"  ({cpu['machine_utilization']:.0%} of all cores)",
+        f"  {'gap: machine - sum (other processes, kernel)':<58} {cpu['gap']:>8.2f}",
+        f"    of which other processes {cpu['gap_other_processes']:.2f} (busiest by own CPU: "
+        + (", ".join(f"{c} {v:.2f}" for c, v in cpu["gap_top_processes"].items()) or "none")
+        + ")",
+    ]
+    if cpu["hub_workers_exited_early"]:
+        lines.append(f"  ({cpu['hub_workers_exited_early']} worker(s) exited early: uncounted)")
+    with_pg = doc["hub_cpu_ms_per_case_with_postgres"]
+    store = (
+        f"; {with_pg} ms with PostgreSQL's hub share"
+        if with_pg is not None
+        else " (SQLite runs inside these processes: included)"
+    )
+    lines += [
+        f"hub CPU per case: {doc['hub_cpu_ms_per_case']} ms (workers + intake){store}",
+        f"1,000,000 cases would need {doc['hub_core_minutes_1m']} core-minutes of hub CPU:"
+        f" {doc['hub_minutes_1m_on_2_cores']} minutes on 2 cores with nothing else running"
+        " (if the hub's work spread over both)",
+    ]
+    return lines
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -457,6 +696,8 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"cProfile ({where}), top by own time:")
         for row in doc["profile_top"]:
             lines.append(f"  {row['tottime']:>7.2f}s {row['calls']:>9} {row['function']}")
+    if "cpu_s" in doc:
+        lines += cpu_table(doc)
     return "\n".join(lines)
 
 

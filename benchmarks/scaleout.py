@@ -44,6 +44,7 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import func, select  # noqa: E402
 
 from benchmarks.dispatch import free_port, sim_admin, sim_state, wait_until_answering  # noqa: E402
+from benchmarks.proc_cpu import machine_cpu, process_cpu  # noqa: E402
 from hub.config import WorkerConfig  # noqa: E402
 from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
@@ -81,22 +82,6 @@ def simulator(department: str, latency_ms: int, log: Path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
-
-
-def cpu_times() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine."""
-    fields = [float(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, sum(fields)
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a live process has used."""
-    try:
-        parts = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return (float(parts[11]) + float(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -153,15 +138,15 @@ def one_run(
         pool.start_all(workers)
         time.sleep(args.warmup)  # imports and first idle poll, outside the clock
         try:
-            before_cpu = {p.pid: process_cpu(p.pid) for p in pool.processes.values()}
-            busy0, total0 = cpu_times()
+            before_cpu = {p.pid: process_cpu(p.pid) or 0.0 for p in pool.processes.values()}
+            busy0, total0 = machine_cpu()
             started = time.perf_counter()
             IntakeService(hub).submit_many(cases, actor="scaleout")
             while delivered(hub) < len(cases) and time.perf_counter() - started < args.timeout:
                 time.sleep(0.1)
             seconds = time.perf_counter() - started
-            busy1, total1 = cpu_times()
-            used = sum(process_cpu(pid) - c for pid, c in before_cpu.items())
+            busy1, total1 = machine_cpu()
+            used = sum((process_cpu(pid) or 0.0) - c for pid, c in before_cpu.items())
         finally:
             pool.stop()
         done = delivered(hub)
