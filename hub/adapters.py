@@ -15,7 +15,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, SerializeAsAny, model_validator
 
 from hub.model import Attachment, StatusEvent
 
@@ -212,16 +212,41 @@ class DepartmentEvent(StatusEvent):
     """A status event as an adapter reports it (same shape as the domain StatusEvent)."""
 
 
+class RejectedInput(BaseModel):
+    """Something the department sent that the adapter refused (a bad file, a record it
+    cannot read). Never the content: it may hold PII, and its shape is the problem.
+
+    `kind` is a short class, a label of ``hub_status_inputs_rejected_total``: keep the set
+    small and fixed per adapter (``bad_file``, ``duplicate_file``, ``unexpected_file``,
+    ``unsafe_name``, ``malformed_record``). `source` names the input (a file name already
+    made safe, a record id); `digest` (sha256 hex of the refused bytes, when they were
+    read) lets an operator match a resend without the content.
+    """
+
+    department: str
+    source: str
+    reason: str
+    kind: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    digest: str | None = None
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 class StatusPage(BaseModel):
     """One page of changes and the watermark to resume from.
 
     `more` says the department holds further changes after this page; the hub then asks
     again from `next_watermark` (without the overlap) within the same poll.
+
+    `rejected`: what the department sent and the adapter refused on this page (classified,
+    never raised: one bad file must not stop the good ones). The hub counts and logs each
+    one and applies nothing from it. Subclasses of RejectedInput keep their own fields in
+    dumps.
     """
 
     events: list[DepartmentEvent]
     next_watermark: datetime | None = None
     more: bool = False
+    rejected: list[SerializeAsAny[RejectedInput]] = Field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- the port

@@ -286,11 +286,11 @@ def sync(
         _print_json(rows)
         return
     columns = ("received", "applied", "no_op", "refused", "unmapped", "ignored", "orphan")
-    table = Table("department", *columns, "stale", "duplicate", "watermark")
+    table = Table("department", *columns, "stale", "duplicate", "rejected", "watermark")
     for r in rows:
         table.add_row(
             r["department"],
-            *(str(r[c]) for c in (*columns, "stale", "duplicate")),
+            *(str(r[c]) for c in (*columns, "stale", "duplicate", "rejected")),
             r["watermark"] or "-",
         )
     out.print(table)
@@ -298,6 +298,8 @@ def sync(
         out.print("no department declares status_poll")
     if any(r["unmapped"] for r in rows):
         err.print("unmapped department status codes: see the case timelines (status_unmapped)")
+    if any(r["rejected"] for r in rows):
+        err.print("rejected department inputs (nothing applied from them): see the WARNING log")
 
 
 @app.command()

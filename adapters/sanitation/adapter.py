@@ -31,7 +31,7 @@ from typing import Any, Literal
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from hub.adapters import (
     Adapter,
@@ -43,6 +43,7 @@ from hub.adapters import (
     ExternalRef,
     OutboundWorkOrder,
     Permanent,
+    RejectedInput,
     StatusPage,
     Transient,
     UnknownOutcome,
@@ -112,19 +113,36 @@ class SanitationConfig(AdapterConfig):
         return self
 
 
-class QuarantineNote(BaseModel):
-    """A bad inbound file: what the hub can record on the department's timeline."""
+class QuarantineNote(RejectedInput):
+    """A bad inbound file, moved to ``quarantine/`` as `quarantined_as` (next to its
+    ``.reason.txt``). `source` is the file's (safe) name, `digest` its sha256."""
 
-    department: str
-    file: str
     quarantined_as: str
-    reason: str
-    sha256: str
-    at: datetime
+
+    @property
+    def file(self) -> str:
+        return self.source
+
+    @property
+    def sha256(self) -> str | None:
+        return self.digest
 
 
 class FileStatusPage(StatusPage):
-    quarantined: list[QuarantineNote] = Field(default_factory=list)
+    """A page whose `rejected` inputs are the files quarantined by this poll's triage."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quarantined_are_rejected(cls, data: Any) -> Any:
+        """`quarantined=` as a constructor argument still works (it is `rejected`)."""
+        if isinstance(data, dict) and "quarantined" in data:
+            data = dict(data)
+            data["rejected"] = [*data.get("rejected", ()), *data.pop("quarantined")]
+        return data
+
+    @property
+    def quarantined(self) -> list[QuarantineNote]:
+        return [r for r in self.rejected if isinstance(r, QuarantineNote)]
 
 
 @dataclass
@@ -378,7 +396,7 @@ class SanitationAdapter(Adapter):
             stamps.append(stamp)
         ordered = sorted(events.values(), key=lambda e: (e.sequence or "", e.external_event_id))
         return FileStatusPage(
-            events=ordered, next_watermark=max(stamps, default=since), quarantined=notes
+            events=ordered, next_watermark=max(stamps, default=since), rejected=notes
         )
 
     async def _archived_rows(self, name: str) -> list[_Row] | None:
@@ -424,20 +442,23 @@ class SanitationAdapter(Adapter):
             safe_name(name)
         except UnsafeName:
             safe = "unsafe-name-" + hashlib.sha256(name.encode()).hexdigest()[:12]
-            return await self._quarantine(name, safe, stamp, b"", "unsafe file name")
+            return await self._quarantine(
+                name, safe, stamp, None, "unsafe_name", "unsafe file name"
+            )
         if not self._expected(name):
-            return await self._quarantine(name, name, stamp, b"", "not an ACK or status file")
+            reason = "not an ACK or status file"
+            return await self._quarantine(name, name, stamp, None, "unexpected_file", reason)
         data = await self.drop.read(INBOUND, name)
         if data is None:
             return None  # another worker took it
         digest = sha256(data)
         if digest[:16] in archived:
             reason = f"duplicate of {archived[digest[:16]]}"
-            return await self._quarantine(name, name, stamp, data, reason)
+            return await self._quarantine(name, name, stamp, data, "duplicate_file", reason)
         try:
             rows = self._rows_of(data)
         except BadFile as bad:
-            return await self._quarantine(name, name, stamp, data, bad.reason)
+            return await self._quarantine(name, name, stamp, data, "bad_file", bad.reason)
         archive_name = f"{stamp}_{digest[:16]}_{name}"
         await self.drop.move(INBOUND, name, ARCHIVE, archive_name)
         archived[digest[:16]] = archive_name
@@ -452,19 +473,23 @@ class SanitationAdapter(Adapter):
         )
 
     async def _quarantine(
-        self, name: str, safe: str, stamp: str, data: bytes, reason: str
+        self, name: str, safe: str, stamp: str, data: bytes | None, kind: str, reason: str
     ) -> QuarantineNote:
+        """`data` None: the file was refused by its name, unread (no digest to give)."""
+        digest = sha256(data) if data is not None else None
         target = f"{stamp}_{safe}"
-        detail = f"reason: {reason}\noriginal: {safe}\nsha256: {sha256(data)}\nat: {stamp}\n"
+        detail = f"reason: {reason}\noriginal: {safe}\nsha256: {digest or '-'}\nat: {stamp}\n"
         await self.drop.write_atomic(QUARANTINE, target + ".reason.txt", detail.encode())
         await self.drop.move(INBOUND, name, QUARANTINE, target)
-        log.warning("%s: quarantined inbound file %s: %s", self.department, safe, reason)
+        # INFO: the hub's status sync logs the WARNING for every rejected input.
+        log.info("%s: quarantined inbound file %s as %s: %s", self.department, safe, target, reason)
         return QuarantineNote(
             department=self.department,
-            file=safe,
+            source=safe,
+            kind=kind,
             quarantined_as=target,
             reason=reason,
-            sha256=sha256(data),
+            digest=digest,
             at=datetime.now(UTC),
         )
 

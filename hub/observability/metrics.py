@@ -72,6 +72,13 @@ STATUS_EVENTS = Counter(
     ["department", "source", "outcome"],
     registry=REGISTRY,
 )
+INPUTS_REJECTED = Counter(
+    "hub_status_inputs_rejected",
+    "Department inputs (files, records) the adapter refused during a status poll, by kind"
+    " (bad_file, duplicate_file, unexpected_file, unsafe_name, malformed_record, ...).",
+    ["department", "kind"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "hub_http_requests",
     "HTTP requests served, by route template and status code.",
@@ -131,6 +138,12 @@ def record_status_events(department: str, source: str, outcomes: Mapping[str, in
     for outcome, count in outcomes.items():
         if count:
             STATUS_EVENTS.labels(department, source, outcome).inc(count)
+
+
+def record_rejected_inputs(department: str, kinds: Mapping[str, int]) -> None:
+    for kind, count in kinds.items():
+        if count:
+            INPUTS_REJECTED.labels(department, kind).inc(count)
 
 
 def record_http(method: str, route: str, status: int, seconds: float) -> None:
@@ -392,6 +405,7 @@ __all__ = [
     "read_snapshot",
     "record_delivery",
     "record_http",
+    "record_rejected_inputs",
     "record_status_events",
     "render",
     "serve_metrics",

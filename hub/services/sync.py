@@ -17,6 +17,11 @@ order and inside one transaction:
    again when the department's code maps to ``reopened``), with the closure reason and
    the crew's evidence.
 
+A page may also carry ``rejected`` inputs (a file the adapter quarantined, a record it
+could not read): they are classified by the adapter, counted
+(``hub_status_inputs_rejected_total``), logged one WARNING each and applied never; they
+do not stop the page's good events.
+
 Polling keeps a per-department watermark and re-reads an overlap before it, widened by
 the department zone's DST shift when the window crosses one (naive wall time repeats an
 hour at fall-back, so a local-time query could otherwise skip it).
@@ -36,7 +41,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from hub.adapters import Capability, DepartmentEvent
+from hub.adapters import Capability, DepartmentEvent, RejectedInput
 from hub.mapping import DepartmentMapping, StatusMapping, UnmappedStatus
 from hub.model import (
     Attachment,
@@ -52,7 +57,7 @@ from hub.model import (
     check_transition,
     utcnow,
 )
-from hub.observability.metrics import record_status_events
+from hub.observability.metrics import record_rejected_inputs, record_status_events
 from hub.services.runtime import Hub
 from hub.services.status import change_status
 from hub.store import tables as t
@@ -85,11 +90,13 @@ class SyncResult:
     outcomes: Counter = field(default_factory=Counter)
     since: datetime | None = None
     watermark: datetime | None = None
+    rejected: int = 0  # inputs the adapter refused (quarantined files, bad records)
 
     def merge(self, later: SyncResult) -> SyncResult:
         """This result followed by the next page's: counts add up, the watermark moves on."""
         self.received += later.received
         self.outcomes.update(later.outcomes)
+        self.rejected += later.rejected
         self.watermark = later.watermark or self.watermark
         return self
 
@@ -102,6 +109,7 @@ class SyncResult:
             **{k: self.outcomes.get(k, 0) for k in (IGNORED, ORPHAN, STALE, DUPLICATE)},
             "since": self.since.isoformat() if self.since else None,
             "watermark": self.watermark.isoformat() if self.watermark else None,
+            "rejected": self.rejected,
         }
 
 
@@ -181,12 +189,16 @@ class StatusSync:
         first_since = since
         for _ in range(MAX_PAGES_PER_POLL):
             page = await adapter.poll_changes(since)
+            # Before applying: the adapter has already set these aside (quarantined), so
+            # they are facts even if applying the page's events fails below.
+            rejected = self._rejected(department, page.rejected)
             # A department clock running ahead must not push the watermark past our now.
             page_end = min(page.next_watermark or since, now)
             reached = max(watermark, page_end)
             applied = await asyncio.to_thread(
                 self.apply, department, page.events, source=POLL, watermark=reached
             )
+            applied.rejected = rejected
             result = applied if result is None else result.merge(applied)
             # Further pages resume where this one ended, inside the overlap too: more than
             # a page of changes within the overlap must not stop every poll at its first
@@ -197,6 +209,26 @@ class StatusSync:
         assert result is not None
         result.since = first_since
         return result
+
+    def _rejected(self, department: str, inputs: list[RejectedInput]) -> int:
+        """Count and log what the adapter refused; nothing of it is applied."""
+        for item in inputs:
+            log.warning(
+                "%s: department input rejected (%s): %s: %s",
+                department,
+                item.kind,
+                item.source,
+                item.reason,
+                extra={
+                    "department": department,
+                    "source": item.source,
+                    "kind": item.kind,
+                    "reason": item.reason,
+                    "digest": item.digest,
+                },
+            )
+        record_rejected_inputs(department, Counter(item.kind for item in inputs))
+        return len(inputs)
 
     def _watermark(self, department: str, now: datetime) -> datetime:
         """Stored watermark; the first poll starts at the department's oldest work order."""
