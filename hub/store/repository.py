@@ -16,8 +16,10 @@ from sqlalchemy import (
     JSON,
     Connection,
     Integer,
+    Text,
     and_,
     bindparam,
+    cast,
     func,
     or_,
     select,
@@ -26,7 +28,16 @@ from sqlalchemy import (
 from sqlalchemy import case as sa_case
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hub.model import Case, CaseEvent, DeliveryState, Requester, WorkOrder, utcnow
+from hub.model import (
+    Case,
+    CaseEvent,
+    CaseStatus,
+    DeliveryState,
+    Requester,
+    WorkOrder,
+    as_utc,
+    utcnow,
+)
 from hub.store import tables as t
 
 
@@ -211,15 +222,17 @@ class CaseRepository:
         return _inserted(self.connection, stmt, t.cases.c.hub_id)
 
     # Status, version and update time live in columns (the truth, changed in bulk by the
-    # dispatcher); the JSON body holds the rest of the case.
+    # dispatcher); the JSON body holds the rest of the case. Body and requester are read as
+    # their JSON text (see _case).
     _COLUMNS = (
         t.cases.c.hub_id,
-        t.cases.c.body,
-        t.cases.c.requester,
+        cast(t.cases.c.body, Text).label("body"),
+        cast(t.cases.c.requester, Text).label("requester"),
         t.cases.c.status,
         t.cases.c.version,
         t.cases.c.updated_at,
     )
+    _FROM_COLUMNS = frozenset({"status", "version", "updated_datetime"})
 
     def add_many(self, cases: list[tuple[Case, str | None]]) -> set[str]:
         """Insert many cases in one statement; returns the hub ids that were new."""
@@ -235,9 +248,13 @@ class CaseRepository:
     def get_many(self, hub_ids: Sequence[str]) -> dict[str, Case]:
         if not hub_ids:
             return {}
-        rows = self.connection.execute(
-            select(*self._COLUMNS).where(t.cases.c.hub_id.in_(list(hub_ids)))
+        stmt = _statement(
+            ("cases.get_many",),
+            lambda: select(*self._COLUMNS).where(
+                t.cases.c.hub_id.in_(bindparam("b_ids", expanding=True))
+            ),
         )
+        rows = self.connection.execute(stmt, {"b_ids": list(hub_ids)})
         return {row.hub_id: self._case(row) for row in rows}
 
     def get_by_source(self, source_system: str, source_id: str) -> Case | None:
@@ -302,17 +319,21 @@ class CaseRepository:
             "requester": case.requester.model_dump(mode="json") if case.requester else None,
         }
 
-    @staticmethod
-    def _case(row) -> Case:
-        body = {
-            **row.body,
-            "status": row.status,
-            "version": row.version,
-            "updated_datetime": row.updated_at,
-        }
-        case = Case.model_validate(body)
-        if row.requester:
-            case.requester = Requester.model_validate(row.requester)
+    @classmethod
+    def _case(cls, row) -> Case:
+        """The stored case: its body validated by pydantic straight from the JSON text (the
+        same model as json.loads + model_validate, in half the time: it is the dispatcher's
+        per-turn read), then the column values, already typed, in place of the body's."""
+        case = Case.model_validate_json(row.body)
+        case.__dict__.update(
+            status=CaseStatus(row.status),
+            version=row.version,
+            updated_datetime=as_utc(row.updated_at),
+        )
+        case.__pydantic_fields_set__.update(cls._FROM_COLUMNS)
+        requester = json.loads(row.requester) if row.requester is not None else None
+        if requester:
+            case.requester = Requester.model_validate(requester)
         return case
 
 
@@ -867,7 +888,9 @@ class DepartmentStateRepository:
         self.connection = connection
 
     def all(self) -> dict[str, DepartmentHealth]:
-        rows = self.connection.execute(select(t.department_state))
+        """Every department's row: read by each dispatcher turn."""
+        stmt = _statement(("department_state.all",), lambda: select(t.department_state))
+        rows = self.connection.execute(stmt)
         return {
             row.department: DepartmentHealth(
                 department=row.department,
