@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -82,12 +82,38 @@ def _text(value: Any) -> str:
 def lookup_path(case: Case, path: str) -> Any:
     """The value at a dotted Case path (`attributes.ward`, `requester.email`, `lat`)."""
     head, _, rest = path.partition(".")
+    return _at(case, head, rest)
+
+
+def _at(case: Case, head: str, rest: str) -> Any:
+    """lookup_path with the path already split at its first dot."""
     value: Any = getattr(case, head, None)
     if not rest or value is None:
         return value
     if isinstance(value, dict):
         return value.get(rest)
     return getattr(value, rest, None)
+
+
+# Values _converted passes through unchanged (exact types: a StrEnum is a str, but is
+# sent as its value).
+_PLAIN = frozenset({str, int, float, bool})
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    """One payload field with what depends only on the mapping worked out once: the
+    dotted names split, the lookup table found, the time zone chosen."""
+
+    name: str
+    spec: FieldSpec
+    parents: tuple[str, ...]  # `Location.Address` nests under "Location"
+    leaf: str
+    head: str | None  # the source path (path or lookup path) split at its first dot
+    rest: str
+    table: dict[str, Any] | None  # a lookup field's table
+    parse_datetime: bool  # text at a datetime path is parsed before formatting
+    zone: tzinfo
 
 
 @dataclass
@@ -108,6 +134,7 @@ class DepartmentMapping:
             folded.setdefault(code.strip().casefold(), []).append(code)
         # the forgiving match is used only where it cannot be ambiguous
         self._folded = {k: v[0] for k, v in folded.items() if len(v) == 1}
+        self._planned: tuple[DepartmentFile, tzinfo, list[_Field]] | None = None
 
     # ---------------------------------------------------------------- sections
 
@@ -167,46 +194,81 @@ class DepartmentMapping:
     def build_payload(self, case: Case) -> dict[str, Any]:
         """The department payload for a case; empty optional fields are left out."""
         payload: dict[str, Any] = {}
-        for name, spec in self.model.fields.items():
-            value = self._field_value(case, name, spec)
+        for planned in self._plan():
+            value = _field_value(case, planned)
             if value is not None:
-                _put(payload, name, value)
+                node = payload
+                for part in planned.parents:
+                    node = node.setdefault(part, {})
+                node[planned.leaf] = value
         return payload
 
-    def _field_value(self, case: Case, name: str, spec: FieldSpec) -> Any:
-        if spec.lookup is not None:
-            key = lookup_path(case, spec.lookup.path)
-            table = self.model.lookups[spec.lookup.table]
-            value = None if key is None else table.get(_text(key))
-        elif spec.path is not None:
-            value = self._converted(lookup_path(case, spec.path), spec)
-        else:
-            value = spec.const
-        if value is None or value == "" or value == []:
-            value = spec.default
-        if value is None and spec.required:
-            source = spec.source_path or "const"
-            raise PayloadError(name, f"required field has no value (from {source})")
-        return value
+    def _plan(self) -> list[_Field]:
+        """The fields prepared once per mapping (built on every create, per case); made
+        again if the model or zone were replaced."""
+        planned = self._planned
+        if planned is None or planned[0] is not self.model or planned[1] is not self.local_timezone:
+            fields = [self._prepare(name, spec) for name, spec in self.model.fields.items()]
+            planned = self._planned = (self.model, self.local_timezone, fields)
+        return planned[2]
 
-    def _converted(self, value: Any, spec: FieldSpec) -> Any:
-        if isinstance(value, str) and spec.format and spec.path and is_datetime_path(spec.path):
-            value = _parse_datetime(value)
-        if isinstance(value, datetime):
-            return self._datetime(value, spec)
-        if isinstance(value, Enum):
-            return value.value
-        if isinstance(value, list):
-            return [getattr(item, "url", item) for item in value]  # evidence -> URLs
-        if hasattr(value, "model_dump"):
-            return value.model_dump(mode="json", exclude_none=True)
-        return value
+    def _prepare(self, name: str, spec: FieldSpec) -> _Field:
+        *parents, leaf = name.split(".")
+        source = spec.lookup.path if spec.lookup is not None else spec.path
+        head, _, rest = source.partition(".") if source is not None else (None, "", "")
+        return _Field(
+            name=name,
+            spec=spec,
+            parents=tuple(parents),
+            leaf=leaf,
+            head=head,
+            rest=rest,
+            table=self.model.lookups[spec.lookup.table] if spec.lookup is not None else None,
+            parse_datetime=bool(spec.format and spec.path and is_datetime_path(spec.path)),
+            zone=self.local_timezone if spec.timezone == "department" else UTC,
+        )
 
-    def _datetime(self, value: datetime, spec: FieldSpec) -> str:
-        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
-        zone = self.local_timezone if spec.timezone == "department" else UTC
-        value = value.astimezone(zone)
-        return value.strftime(spec.format) if spec.format else value.isoformat()
+
+def _field_value(case: Case, planned: _Field) -> Any:
+    spec = planned.spec
+    if planned.table is not None:
+        key = _at(case, planned.head, planned.rest)
+        value = None if key is None else planned.table.get(_text(key))
+    elif planned.head is not None:
+        value = _converted(_at(case, planned.head, planned.rest), planned)
+    else:
+        value = spec.const
+    if value is None or value == "" or value == []:
+        value = spec.default
+    if value is None and spec.required:
+        source = spec.source_path or "const"
+        raise PayloadError(planned.name, f"required field has no value (from {source})")
+    return value
+
+
+def _converted(value: Any, planned: _Field) -> Any:
+    if value is None:
+        return None
+    if planned.parse_datetime and isinstance(value, str):
+        value = _parse_datetime(value)
+    elif type(value) in _PLAIN:
+        return value
+    if isinstance(value, datetime):
+        return _datetime(value, planned)
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return [getattr(item, "url", item) for item in value]  # evidence -> URLs
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    return value
+
+
+def _datetime(value: datetime, planned: _Field) -> str:
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    value = value.astimezone(planned.zone)
+    fmt = planned.spec.format
+    return value.strftime(fmt) if fmt else value.isoformat()
 
 
 def _parse_datetime(text: str) -> datetime | str:
@@ -214,15 +276,6 @@ def _parse_datetime(text: str) -> datetime | str:
         return datetime.fromisoformat(text)
     except ValueError:
         return text
-
-
-def _put(payload: dict[str, Any], name: str, value: Any) -> None:
-    """`Location.Address` builds nested objects in the payload."""
-    *parents, leaf = name.split(".")
-    node = payload
-    for part in parents:
-        node = node.setdefault(part, {})
-    node[leaf] = value
 
 
 @dataclass
