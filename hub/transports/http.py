@@ -134,8 +134,9 @@ class _LazyCookies(httpx.Cookies):
 
 
 class HubAsyncClient(httpx.AsyncClient):
-    """httpx.AsyncClient that merges each relative URL with the base URL once: adapters
-    call a handful of fixed paths, and httpx re-parses both URLs on every request."""
+    """httpx.AsyncClient that merges each relative URL with the base URL once, and the
+    client's headers with each set of per-request headers once: adapters call a handful
+    of fixed paths with fixed headers, and httpx re-parses and re-merges them every time."""
 
     _MERGED_MAX = 512
 
@@ -144,6 +145,24 @@ class HubAsyncClient(httpx.AsyncClient):
         self._cookies = _LazyCookies(self._cookies)
         self._merged: dict[str, httpx.URL] = {}
         self._merged_base = self.base_url
+        self._merged_headers: dict[tuple, httpx.Headers] = {}
+
+    def _merge_headers(self, headers: Any = None) -> httpx.Headers:
+        """httpx's merge (per-request headers override the client's), built once per
+        (client headers, request headers) and copied for each request, which changes its
+        own (Host, Content-Length). Only plain dicts or no headers are remembered."""
+        if headers is not None and type(headers) is not dict:
+            return super()._merge_headers(headers)
+        try:
+            key = (tuple(self.headers.raw), tuple(headers.items()) if headers else ())
+            merged = self._merged_headers.get(key)
+        except TypeError:  # an unhashable value: httpx decides what to make of it
+            return super()._merge_headers(headers)
+        if merged is None:
+            merged = super()._merge_headers(headers)
+            if len(self._merged_headers) < self._MERGED_MAX:
+                self._merged_headers[key] = merged
+        return httpx.Headers(merged)
 
     def _merge_url(self, url: httpx.URL | str) -> httpx.URL:
         if not isinstance(url, str):
