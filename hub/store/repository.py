@@ -23,6 +23,7 @@ from sqlalchemy import (
     func,
     or_,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy import case as sa_case
@@ -290,14 +291,22 @@ class CaseRepository:
         if not expected_versions:
             return set()
         c = t.cases.c
-        expected = sa_case(expected_versions, value=c.hub_id)
-        stmt = (
-            update(t.cases)
-            .where(c.hub_id.in_(list(expected_versions)), c.version == expected)
-            .values(status=status, version=c.version + 1, updated_at=at)
-            .returning(c.hub_id)
+        stmt = _statement(
+            ("cases.advance_status_many",),
+            lambda: (
+                update(t.cases)
+                .where(tuple_(c.hub_id, c.version).in_(bindparam("b_pairs", expanding=True)))
+                .values(
+                    status=bindparam("b_status"),
+                    version=c.version + 1,
+                    updated_at=bindparam("b_at"),
+                )
+                .returning(c.hub_id)
+            ),
         )
-        return set(self.connection.execute(stmt).scalars())
+        pairs = list(expected_versions.items())
+        values = {"b_pairs": pairs, "b_status": status, "b_at": at}
+        return set(self.connection.execute(stmt, values).scalars())
 
     def count(self) -> int:
         return self.connection.execute(select(func.count()).select_from(t.cases)).scalar_one()

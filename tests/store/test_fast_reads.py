@@ -168,3 +168,26 @@ def test_a_minimal_body_reads_like_the_validated_one(engine) -> None:
             "version",
             "updated_datetime",
         }
+
+
+def test_advance_status_many_moves_only_cases_still_at_their_expected_version(engine) -> None:
+    fresh, stale = odd_cases()[:2]
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(fresh)
+        uow.cases.add(stale)
+        expected = {fresh.hub_id: fresh.version, stale.hub_id: stale.version - 1}
+        moved = uow.cases.advance_status_many(expected, status=CaseStatus.IN_QUEUE.value, at=T0)
+        assert moved == {fresh.hub_id}  # the other was saved since it was read
+        again = uow.cases.advance_status_many(expected, status=CaseStatus.ONSITE.value, at=T0)
+        assert again == set()  # fresh moved on to version + 1 already
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        cases = uow.cases.get_many([fresh.hub_id, stale.hub_id])
+    assert (cases[fresh.hub_id].status, cases[fresh.hub_id].version) == (
+        CaseStatus.IN_QUEUE,
+        fresh.version + 1,
+    )
+    assert (cases[stale.hub_id].status, cases[stale.hub_id].version) == (
+        stale.status,
+        stale.version,
+    )
