@@ -38,7 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from hub.adapters import Capability, DepartmentEvent, RejectedInput
@@ -61,7 +61,7 @@ from hub.observability.metrics import record_rejected_inputs, record_status_even
 from hub.services.runtime import Hub
 from hub.services.status import change_status
 from hub.store import tables as t
-from hub.store.repository import StaleCase, _insert
+from hub.store.repository import StaleCase
 from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -425,24 +425,19 @@ class StatusSync:
 
 def _record_inbound(uow: UnitOfWork, event: StatusEvent, source: str, now: datetime) -> int | None:
     """Insert-ignore on (department, external_event_id): None means seen before."""
-    conn = uow.connection
-    stmt = (
-        _insert(conn, t.inbound_events)
-        .values(
-            department=event.department,
-            external_event_id=event.external_event_id,
-            external_id=event.external_id,
-            raw_code=event.raw_code[:64],
-            raw_text=event.raw_text,
-            occurred_at=event.occurred_at,
-            sequence=sequence_of(event)[:64],
-            received_at=now,
-            payload={"source": source, **event.model_dump(mode="json")},
-        )
-        .on_conflict_do_nothing()
-        .returning(t.inbound_events.c.id)
+    return uow.inbound.record(
+        {
+            "department": event.department,
+            "external_event_id": event.external_event_id,
+            "external_id": event.external_id,
+            "raw_code": event.raw_code[:64],
+            "raw_text": event.raw_text,
+            "occurred_at": event.occurred_at,
+            "sequence": sequence_of(event)[:64],
+            "received_at": now,
+            "payload": {"source": source, **event.model_dump(mode="json")},
+        }
     )
-    return conn.execute(stmt).scalar_one_or_none()  # type: ignore[union-attr]
 
 
 def _lock_conflict(error: DBAPIError) -> bool:
@@ -451,11 +446,7 @@ def _lock_conflict(error: DBAPIError) -> bool:
 
 
 def _settle_inbound(uow: UnitOfWork, row_id: int, outcome: str, case_id: str | None = None) -> str:
-    uow.connection.execute(  # type: ignore[union-attr]
-        update(t.inbound_events)
-        .where(t.inbound_events.c.id == row_id)
-        .values(outcome=outcome, case_id=case_id)
-    )
+    uow.inbound.settle(row_id, outcome, case_id)
     return outcome
 
 

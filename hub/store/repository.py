@@ -205,6 +205,10 @@ def _statement(key: tuple, build):
     return stmt
 
 
+def _work_order(row) -> WorkOrder | None:
+    return WorkOrder.model_validate(dict(row._mapping)) if row else None
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -398,21 +402,28 @@ class WorkOrderRepository:
         _insert_many(self.connection, t.work_orders, rows)
 
     def get(self, case_id: str, department: str) -> WorkOrder | None:
-        row = self.connection.execute(
-            select(t.work_orders).where(
-                t.work_orders.c.case_id == case_id, t.work_orders.c.department == department
-            )
-        ).first()
-        return WorkOrder.model_validate(dict(row._mapping)) if row else None
+        wo = t.work_orders.c
+        stmt = _statement(
+            ("work_orders.get",),
+            lambda: select(t.work_orders).where(
+                wo.case_id == bindparam("b_case"), wo.department == bindparam("b_department")
+            ),
+        )
+        row = self.connection.execute(stmt, {"b_case": case_id, "b_department": department})
+        return _work_order(row.first())
 
     def by_external_id(self, department: str, external_id: str) -> WorkOrder | None:
-        row = self.connection.execute(
-            select(t.work_orders).where(
-                t.work_orders.c.department == department,
-                t.work_orders.c.external_id == external_id,
-            )
-        ).first()
-        return WorkOrder.model_validate(dict(row._mapping)) if row else None
+        """Read once per status event a department reports: the statement is built once."""
+        wo = t.work_orders.c
+        stmt = _statement(
+            ("work_orders.by_external_id",),
+            lambda: select(t.work_orders).where(
+                wo.department == bindparam("b_department"),
+                wo.external_id == bindparam("b_external"),
+            ),
+        )
+        row = self.connection.execute(stmt, {"b_department": department, "b_external": external_id})
+        return _work_order(row.first())
 
     def for_case(self, case_id: str) -> list[WorkOrder]:
         rows = self.connection.execute(
@@ -487,24 +498,42 @@ class WorkOrderRepository:
 
         At an equal sequence (a department clock in whole seconds) the event wins only over
         the same raw code or a recorded mapped status in `follows` (None: always wins)."""
+        columns = tuple(sorted(values))
+        stmt = _statement(
+            ("work_orders.apply_department_status", columns, follows is None),
+            lambda: self._apply_status_statement(columns, ties_always=follows is None),
+        )
+        params = {f"v_{name}": value for name, value in values.items()}
+        params.update(b_case=case_id, b_department=department, b_sequence=sequence)
+        params.update(b_now=utcnow(), b_raw=values.get("raw_status"))
+        if follows is not None:
+            params["b_follows"] = list(follows)
+        return self.connection.execute(stmt, params).rowcount == 1
+
+    @staticmethod
+    def _apply_status_statement(columns: tuple[str, ...], *, ties_always: bool):
+        """apply_department_status's UPDATE for one set of columns, with bind parameters:
+        status sync runs it for every event a department reports."""
         wo = t.work_orders.c
+        sequence = bindparam("b_sequence", type_=wo.last_sequence.type)
         newer = or_(wo.last_sequence.is_(None), wo.last_sequence < sequence)
         tie = wo.last_sequence == sequence
-        if follows is not None:
+        if not ties_always:
             tie = and_(
                 tie,
                 or_(
-                    wo.raw_status == values.get("raw_status"),
+                    wo.raw_status == bindparam("b_raw", type_=wo.raw_status.type),
                     wo.mapped_status.is_(None),
-                    wo.mapped_status.in_(list(follows)),
+                    wo.mapped_status.in_(bindparam("b_follows", expanding=True)),
                 ),
             )
-        stmt = (
+        where = (wo.case_id == bindparam("b_case"), wo.department == bindparam("b_department"))
+        values = {name: bindparam(f"v_{name}") for name in columns}
+        return (
             update(t.work_orders)
-            .where(wo.case_id == case_id, wo.department == department, or_(newer, tie))
-            .values(last_sequence=sequence, updated_at=utcnow(), **values)
+            .where(*where, or_(newer, tie))
+            .values(last_sequence=sequence, updated_at=bindparam("b_now"), **values)
         )
-        return self.connection.execute(stmt).rowcount == 1
 
     def update(self, case_id: str, department: str, **values: Any) -> None:
         values["updated_at"] = values.get("updated_at") or utcnow()
@@ -1003,6 +1032,42 @@ class StatusUpdate:
     def from_row(cls, row) -> StatusUpdate:
         m = row._mapping
         return cls(**{name: m[name] for name in cls.__dataclass_fields__})
+
+
+class InboundEventRepository:
+    """Status events as departments reported them (poll, webhook, file), one row each:
+    the insert-ignore on (department, external_event_id) is what makes a replayed event
+    a no-op. Statements are built once: status sync writes two per event."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def record(self, values: dict[str, Any]) -> int | None:
+        """Insert-ignore; the new row's id, or None when the event was seen before."""
+        dialect = self.connection.dialect.name
+        stmt = _statement(
+            ("inbound_events.record", dialect, tuple(sorted(values))),
+            lambda: (
+                _insert(self.connection, t.inbound_events)
+                .values({name: bindparam(f"v_{name}") for name in values})
+                .on_conflict_do_nothing()
+                .returning(t.inbound_events.c.id)
+            ),
+        )
+        params = {f"v_{name}": value for name, value in values.items()}
+        return self.connection.execute(stmt, params).scalar_one_or_none()
+
+    def settle(self, row_id: int, outcome: str, case_id: str | None = None) -> None:
+        ie = t.inbound_events.c
+        stmt = _statement(
+            ("inbound_events.settle",),
+            lambda: (
+                update(t.inbound_events)
+                .where(ie.id == bindparam("b_id"))
+                .values(outcome=bindparam("b_outcome"), case_id=bindparam("b_case"))
+            ),
+        )
+        self.connection.execute(stmt, {"b_id": row_id, "b_outcome": outcome, "b_case": case_id})
 
 
 class StatusUpdateRepository:

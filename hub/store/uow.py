@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Engine
 from hub.store.repository import (
     CaseRepository,
     DepartmentStateRepository,
+    InboundEventRepository,
     JobRunRepository,
     OutboxRepository,
     StatusUpdateRepository,
@@ -29,6 +30,7 @@ class UnitOfWork:
     job_runs: JobRunRepository
     cursors: SyncCursorRepository
     status_updates: StatusUpdateRepository
+    inbound: InboundEventRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -46,6 +48,7 @@ class UnitOfWork:
         self.job_runs = JobRunRepository(conn)
         self.cursors = SyncCursorRepository(conn)
         self.status_updates = StatusUpdateRepository(conn)
+        self.inbound = InboundEventRepository(conn)
         return self
 
     def commit(self) -> None:
