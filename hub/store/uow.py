@@ -38,7 +38,7 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.connection = self.engine.connect()
-        self._transaction = self.connection.begin()
+        self.connection.begin()
         conn = self.connection
         self.cases = CaseRepository(conn)
         self.timeline = TimelineRepository(conn)
@@ -51,13 +51,20 @@ class UnitOfWork:
         self.inbound = InboundEventRepository(conn)
         return self
 
+    # After commit or rollback the next statement begins the next transaction (SQLAlchemy's
+    # autobegin, through the same begin event: BEGIN IMMEDIATE on SQLite). Beginning it at
+    # once would take SQLite's write lock only to give it back at exit, for every unit of
+    # work that ends with its commit, as most do.
+
     def commit(self) -> None:
-        self._transaction.commit()
-        self._transaction = self.connection.begin()  # type: ignore[union-attr]
+        transaction = self.connection.get_transaction()  # type: ignore[union-attr]
+        if transaction is not None:
+            transaction.commit()
 
     def rollback(self) -> None:
-        self._transaction.rollback()
-        self._transaction = self.connection.begin()  # type: ignore[union-attr]
+        transaction = self.connection.get_transaction()  # type: ignore[union-attr]
+        if transaction is not None:
+            transaction.rollback()
 
     def __exit__(
         self,
@@ -66,7 +73,6 @@ class UnitOfWork:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if self._transaction.is_active:
-                self._transaction.rollback()
+            self.rollback()  # whatever was not committed
         finally:
             self.connection.close()  # type: ignore[union-attr]
