@@ -11,6 +11,7 @@ import respx
 from aiohttp import web
 
 from hub.transports.http import make_async_client
+from tests.adapters.loopback import aiohttp_loopback
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -24,13 +25,8 @@ async def headers_echo(request: web.Request) -> web.Response:
 async def server() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/svc/headers", headers_echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/svc"
-    await runner.cleanup()
+    async with aiohttp_loopback(app) as url:
+        yield url
 
 
 def stock_merge(client: httpx.AsyncClient, headers) -> list[tuple[bytes, bytes]]:

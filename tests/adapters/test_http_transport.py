@@ -15,6 +15,7 @@ from aiohttp import web
 from adapters.publicworks.client import form_encode
 from hub.adapters import Transient, UnknownOutcome
 from hub.transports.http import make_async_client, send_classified
+from tests.adapters.loopback import aiohttp_loopback
 
 
 async def echo(request: web.Request) -> web.Response:
@@ -53,13 +54,8 @@ async def server() -> AsyncIterator[str]:
     app.router.add_get("/svc/cookie", cookie)
     app.router.add_get("/svc/chunked", chunked)
     app.router.add_post("/svc/hang-up", hang_up)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}/svc"
-    await runner.cleanup()
+    async with aiohttp_loopback(app) as url:
+        yield url
 
 
 def test_form_encode_is_urlencode() -> None:
