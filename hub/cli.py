@@ -533,8 +533,10 @@ def departments_status(
     watch: Annotated[bool, typer.Option("--watch", help="Live view (as `hub top`).")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between --watch frames.")] = 2.0,
 ) -> None:
-    """Per department: paused/open, circuit, queue depth, oldest due, dead letters."""
+    """Per department: paused/open, circuit, queue depth, oldest due, dead letters, and
+    the inputs its adapter rejected in the last 24 hours."""
     from hub.model import utcnow
+    from hub.store.repository import RejectedSummary
 
     hub = _hub(config)
     if watch:
@@ -546,10 +548,12 @@ def departments_status(
     with hub.uow() as uow:
         stats = uow.outbox.stats(now)
         healths = uow.departments.all()
+        rejected = uow.rejected.summary(now)
     names = sorted(set(hub.config.departments) | set(stats) | set(healths))
     rows = []
     for name in names:
         s, h = stats.get(name), healths.get(name)
+        rej = rejected.get(name) or RejectedSummary(name, 0, 0, None, None, None)
         configured = name in hub.config.enabled_departments()
         rows.append(
             {
@@ -567,12 +571,22 @@ def departments_status(
                 "oldest_due_age_seconds": round((now - s.oldest_due).total_seconds(), 1)
                 if s and s.oldest_due and s.oldest_due <= now
                 else 0,
+                # Inputs its adapter refused (quarantined files, unreadable records).
+                "rejected_24h": rej.last_24h,
+                "rejected_total": rej.total,
+                "last_rejected_at": rej.last_received_at.isoformat()
+                if rej.last_received_at
+                else None,
+                "last_rejected_reason": rej.last_reason,
             }
         )
     if as_json:
         _print_json(rows)
         return
-    table = Table("department", "state", "circuit", "queue", "due", "held", "dead", "oldest due")
+    table = Table(
+        "department", "state", "circuit", "queue", "due", "held", "dead", "oldest due",
+        "rejected 24h",
+    )  # fmt: skip
     for r in rows:
         table.add_row(
             r["department"],
@@ -583,10 +597,55 @@ def departments_status(
             str(r["held"]),
             str(r["dead_letters"]),
             r["oldest_due"] or "-",
+            str(r["rejected_24h"]),
         )
     out.print(table)
     if not rows:
         out.print("no departments configured yet")
+
+
+@departments_app.command("rejected")
+def departments_rejected(
+    department: Annotated[str, typer.Argument(help="Department whose rejected inputs to list.")],
+    config: ConfigOption = None,
+    as_json: JsonOption = False,
+    limit: Annotated[int, typer.Option(min=1, max=10000, help="How many, newest first.")] = 20,
+) -> None:
+    """Inputs the department's adapter refused (quarantined files, unreadable records),
+    newest first: name, class, reason and digest, never the content."""
+    hub = _hub(config)
+    with hub.uow() as uow:
+        entries = uow.rejected.recent(department, limit)
+    if not entries and department not in hub.config.departments:
+        known = ", ".join(sorted(hub.config.departments)) or "none"
+        err.print(f"unknown department {department!r} (configured: {known})", markup=False)
+        raise typer.Exit(2)
+    rows = [
+        {
+            "id": e.id,
+            "department": e.department,
+            "kind": e.kind,
+            "source": e.source,
+            "reason": e.reason,
+            "digest": e.digest,
+            "received_at": e.received_at.isoformat(),
+        }
+        for e in entries
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.text import Text
+
+    table = Table("received", "kind", "source", "reason", "digest")
+    for r in rows:
+        digest = r["digest"][:12] if r["digest"] else "-"
+        # Text, not markup: a name or reason may hold brackets ("[email]" once redacted).
+        source, reason = Text(r["source"]), Text(r["reason"])
+        table.add_row(r["received_at"], r["kind"], source, reason, digest)
+    out.print(table)
+    if not rows:
+        out.print(f"no rejected inputs recorded for {department}")
 
 
 @app.command()

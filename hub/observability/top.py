@@ -2,7 +2,8 @@
 
 Reads the same database snapshot as /metrics (so both agree), plus the delivery attempts
 the timeline recorded in the last interval (an indexed range on case_events(kind, at)),
-which covers every worker process, not only this one.
+which covers every worker process, not only this one, and the department inputs rejected
+in the last 24 hours (``rejected_inputs``, as `hub departments status` shows them).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from hub.model import utcnow
 from hub.observability.metrics import Snapshot, read_snapshot
 from hub.store import tables as t
+from hub.store.repository import RejectedInputRepository
 
 if TYPE_CHECKING:
     from hub.services.runtime import Hub
@@ -61,12 +63,21 @@ def _state(hub: Hub, department: str, snap: Snapshot) -> Text:
     return Text("not configured", style="dim")
 
 
-def _row(hub: Hub, department: str, snap: Snapshot, rates: dict[str, float]) -> list:
+def rejected_last_day(connection: Connection, now: datetime) -> dict[str, int]:
+    """Inputs each department's adapter refused in the 24 hours up to `now`."""
+    summary = RejectedInputRepository(connection).summary(now)
+    return {department: s.last_24h for department, s in summary.items()}
+
+
+def _row(
+    hub: Hub, department: str, snap: Snapshot, rates: dict[str, float], rejected: dict[str, int]
+) -> list:
     queue = snap.queues.get(department, {})
     circuit = snap.health.get(department, {}).get("circuit", "closed")
     oldest = queue.get("oldest_due")
     lag = snap.last_event.get(department)
     dead = queue.get("dead", 0)
+    refused = rejected.get(department, 0)
     return [
         department,
         _state(hub, department, snap),
@@ -79,6 +90,7 @@ def _row(hub: Hub, department: str, snap: Snapshot, rates: dict[str, float]) -> 
         f"{rates.get(department, 0.0):.1f}",
         age((snap.now - lag).total_seconds()) if lag else "-",
         str(snap.unmapped.get(department, 0)),
+        Text(str(refused), style="yellow" if refused else ""),
     ]
 
 
@@ -88,17 +100,18 @@ def frame(hub: Hub, interval: float, clock: Callable[[], datetime] = utcnow) -> 
     try:
         with hub.engine.connect() as connection:
             snap = read_snapshot(connection, now, hub.config.departments)
+            rejected = rejected_last_day(connection, now)
         counts = attempts_since(hub, now - timedelta(seconds=interval))
     except Exception as exc:  # keep watching through an outage
         return Group(Text(f"{now:%H:%M:%S}  database unreachable: {type(exc).__name__}", "red"))
     rates = {d: n / interval for d, n in counts.items()}
     table = Table(
         "department", "state", "circuit", "queue", "due", "held", "dead", "oldest due",
-        "attempts/s", "sync lag", "unmapped",
+        "attempts/s", "sync lag", "unmapped", "rejected 24h",
         title=f"hub top — {now:%Y-%m-%d %H:%M:%S} UTC, every {interval:g}s (Ctrl-C quits)",
     )  # fmt: skip
     for department in snap.departments:
-        table.add_row(*_row(hub, department, snap, rates))
+        table.add_row(*_row(hub, department, snap, rates, rejected))
     parts: list = [table]
     drift = {
         k: sum(c.get(k, 0) for c in snap.drift.values())
@@ -128,4 +141,4 @@ def run_top(hub: Hub, *, interval: float = 2.0, once: bool = False, console: Con
             pass
 
 
-__all__ = ["age", "attempts_since", "frame", "run_top"]
+__all__ = ["age", "attempts_since", "frame", "rejected_last_day", "run_top"]

@@ -455,6 +455,9 @@ class Reconciler:
         since -= timedelta(days=1)
         while True:  # a department that pages its changes (more=True) is read to the end
             page = await adapter.poll_changes(since)
+            # Reading a page may set inputs aside (a file drop's triage quarantines bad
+            # files): recorded as a poll records them, or nobody would ever hear of them.
+            await self.sync.record_rejected(adapter.department, page.rejected)
             for start in range(0, len(page.events), self.batch_size):
                 yield page.events[start : start + self.batch_size]
             resume = min(page.next_watermark or since, self.clock())
@@ -463,11 +466,8 @@ class Reconciler:
             since = resume
 
     def _oldest(self, department: str) -> datetime | None:
-        w = t.work_orders
         with self.hub.uow() as uow:
-            return uow.connection.execute(  # type: ignore[union-attr]
-                select(w.c.created_at).where(w.c.department == department).order_by(w.c.id).limit(1)
-            ).scalar_one_or_none()
+            return uow.work_orders.first_created_at(department)
 
     async def _check_page(
         self, page: list[DepartmentEvent], report: DepartmentReport, heal: bool, *, listing: bool

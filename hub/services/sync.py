@@ -19,8 +19,9 @@ order and inside one transaction:
 
 A page may also carry ``rejected`` inputs (a file the adapter quarantined, a record it
 could not read): they are classified by the adapter, counted
-(``hub_status_inputs_rejected_total``), logged one WARNING each and applied never; they
-do not stop the page's good events.
+(``hub_status_inputs_rejected_total``), logged one WARNING each, stored in
+``rejected_inputs`` (once per department, kind, source and digest; never the content)
+and applied never; they do not stop the page's good events.
 
 Polling keeps a per-department watermark and re-reads an overlap before it, widened by
 the department zone's DST shift when the window crosses one (naive wall time repeats an
@@ -38,7 +39,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError
 
 from hub.adapters import Capability, DepartmentEvent, RejectedInput
@@ -57,10 +57,10 @@ from hub.model import (
     check_transition,
     utcnow,
 )
+from hub.observability.logging import redact_text
 from hub.observability.metrics import record_rejected_inputs, record_status_events
 from hub.services.runtime import Hub
 from hub.services.status import change_status
-from hub.store import tables as t
 from hub.store.repository import StaleCase
 from hub.store.uow import UnitOfWork
 
@@ -191,7 +191,7 @@ class StatusSync:
             page = await adapter.poll_changes(since)
             # Before applying: the adapter has already set these aside (quarantined), so
             # they are facts even if applying the page's events fails below.
-            rejected = self._rejected(department, page.rejected)
+            rejected = await self.record_rejected(department, page.rejected)
             # A department clock running ahead must not push the watermark past our now.
             page_end = min(page.next_watermark or since, now)
             reached = max(watermark, page_end)
@@ -210,8 +210,15 @@ class StatusSync:
         result.since = first_since
         return result
 
-    def _rejected(self, department: str, inputs: list[RejectedInput]) -> int:
-        """Count and log what the adapter refused; nothing of it is applied."""
+    async def record_rejected(self, department: str, inputs: list[RejectedInput]) -> int:
+        """Log, count and store what the adapter refused; nothing of it is applied.
+
+        Stored in a unit of work of its own, not the page's: the adapter has set these
+        inputs aside already (a quarantined file is moved), so they are facts whether or
+        not the page's events apply. Reconciliation, which reads the same pages, records
+        them here too."""
+        if not inputs:
+            return 0
         for item in inputs:
             log.warning(
                 "%s: department input rejected (%s): %s: %s",
@@ -228,7 +235,22 @@ class StatusSync:
                 },
             )
         record_rejected_inputs(department, Counter(item.kind for item in inputs))
+        await asyncio.to_thread(self._store_rejected, department, inputs)
         return len(inputs)
+
+    def _store_rejected(self, department: str, inputs: list[RejectedInput]) -> int:
+        """Insert-ignore each input; returns how many were new. The name and reason are
+        redacted as the logs redact them: an adapter's reason may quote what it read."""
+        cleaned = [
+            item.model_copy(
+                update={"source": redact_text(item.source), "reason": redact_text(item.reason)}
+            )
+            for item in inputs
+        ]
+        with self.hub.uow() as uow:
+            stored = uow.rejected.record(department, cleaned, self.clock())
+            uow.commit()
+        return stored
 
     def _watermark(self, department: str, now: datetime) -> datetime:
         """Stored watermark; the first poll starts at the department's oldest work order."""
@@ -236,11 +258,7 @@ class StatusSync:
             stored = uow.cursors.get(department)
             if stored is not None:
                 return stored
-            oldest = uow.connection.execute(  # type: ignore[union-attr]
-                select(func.min(t.work_orders.c.created_at)).where(
-                    t.work_orders.c.department == department
-                )
-            ).scalar_one_or_none()
+            oldest = uow.work_orders.oldest_created_at(department)
         return oldest or now
 
     def _config(self, department: str):
@@ -460,11 +478,8 @@ def _add_evidence(case: Case, evidence: list[Attachment]) -> bool:
 
 def inbound_counts(hub: Hub, department: str | None = None) -> dict[str, int]:
     """inbound_events per outcome (the unmapped and orphan counters of the alerts)."""
-    query = select(t.inbound_events.c.outcome, func.count()).group_by(t.inbound_events.c.outcome)
-    if department:
-        query = query.where(t.inbound_events.c.department == department)
     with hub.uow() as uow:
-        return {str(o): n for o, n in uow.connection.execute(query)}  # type: ignore[union-attr]
+        return uow.inbound.counts(department)
 
 
 __all__ = [

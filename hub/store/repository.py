@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -543,6 +543,22 @@ class WorkOrderRepository:
             .values(**values)
         )
 
+    def oldest_created_at(self, department: str) -> datetime | None:
+        """The earliest creation time of the department's work orders (None: it has
+        none): where status sync's first poll of a department starts."""
+        wo = t.work_orders.c
+        return self.connection.execute(
+            select(func.min(wo.created_at)).where(wo.department == department)
+        ).scalar_one_or_none()
+
+    def first_created_at(self, department: str) -> datetime | None:
+        """The creation time of the department's first work order by id (None: it has
+        none): where reconciliation starts reading a department's changes."""
+        wo = t.work_orders.c
+        return self.connection.execute(
+            select(wo.created_at).where(wo.department == department).order_by(wo.id).limit(1)
+        ).scalar_one_or_none()
+
     def count_by_state(self, department: str | None = None) -> dict[str, int]:
         query = select(t.work_orders.c.delivery_state, func.count()).group_by(
             t.work_orders.c.delivery_state
@@ -1069,6 +1085,14 @@ class InboundEventRepository:
         )
         self.connection.execute(stmt, {"b_id": row_id, "b_outcome": outcome, "b_case": case_id})
 
+    def counts(self, department: str | None = None) -> dict[str, int]:
+        """Recorded events per outcome (the unmapped and orphan counters of the alerts)."""
+        ie = t.inbound_events.c
+        query = select(ie.outcome, func.count()).group_by(ie.outcome)
+        if department:
+            query = query.where(ie.department == department)
+        return {str(outcome): n for outcome, n in self.connection.execute(query)}
+
 
 class StatusUpdateRepository:
     def __init__(self, connection: Connection) -> None:
@@ -1108,6 +1132,124 @@ class StatusUpdateRepository:
             .order_by(t.status_updates.c.id)
         )
         return [StatusUpdate.from_row(row) for row in rows]
+
+
+# --------------------------------------------------------------------------- rejected inputs
+
+
+class RejectedLike(Protocol):
+    """What the store keeps of a department input an adapter refused: the shape of
+    hub.adapters.RejectedInput (the store does not import the ports)."""
+
+    kind: str
+    source: str
+    reason: str
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class RejectedEntry:
+    """One stored rejected input."""
+
+    id: int
+    department: str
+    kind: str
+    source: str
+    reason: str
+    digest: str | None  # None: the adapter refused the input unread
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class RejectedSummary:
+    """A department's rejected inputs: how many lately, in all, and the latest one."""
+
+    department: str
+    last_24h: int
+    total: int
+    last_received_at: datetime | None
+    last_kind: str | None
+    last_reason: str | None
+
+
+class RejectedInputRepository:
+    """Department inputs an adapter refused (hub.services.sync records them). One row per
+    (department, kind, source, digest): the insert-ignore makes a re-polled input (an
+    overlapping poll, a quarantined file listed again) a no-op."""
+
+    WINDOW = timedelta(hours=24)
+    _COLUMNS = ("department", "kind", "source", "digest", "reason", "received_at")
+    # The columns' sizes: an adapter's over-long name or digest must not fail the poll.
+    _SOURCE, _REASON, _KIND, _DIGEST = 255, 2000, 32, 64
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def record(self, department: str, inputs: Iterable[RejectedLike], now: datetime) -> int:
+        """Store each input once, received at `now`; returns how many were new."""
+        rows = list(dict.fromkeys(self._row(department, item, now) for item in inputs))
+        columns = self._COLUMNS
+        table = t.rejected_inputs
+        return len(_insert_rows(self.connection, table, columns, rows, key="id"))
+
+    def _row(self, department: str, item: RejectedLike, now: datetime) -> tuple:
+        return (
+            department,
+            item.kind[: self._KIND],
+            item.source[: self._SOURCE],
+            (item.digest or "")[: self._DIGEST],
+            item.reason[: self._REASON],
+            now,
+        )
+
+    def summary(self, now: datetime, department: str | None = None) -> dict[str, RejectedSummary]:
+        """Per department: rejected in the 24 hours up to `now`, in all, and the latest."""
+        r = t.rejected_inputs.c
+        recent = func.sum(_case(r.received_at > now - self.WINDOW))
+        totals = select(r.department, recent, func.count(), func.max(r.received_at))
+        totals = totals.group_by(r.department)
+        if department is not None:
+            totals = totals.where(r.department == department)
+        latest = self._latest(department)
+        return {
+            dept: RejectedSummary(
+                dept, int(n_24h or 0), int(n), at, *latest.get(dept, (None, None))
+            )
+            for dept, n_24h, n, at in self.connection.execute(totals)
+        }
+
+    def _latest(self, department: str | None) -> dict[str, tuple[str, str]]:
+        """Each department's latest input: (kind, reason)."""
+        r = t.rejected_inputs.c
+        order = (r.received_at.desc(), r.id.desc())
+        rank = func.row_number().over(partition_by=r.department, order_by=order).label("n")
+        ranked = select(r.department, r.kind, r.reason, rank)
+        if department is not None:
+            ranked = ranked.where(r.department == department)
+        sub = ranked.subquery()
+        rows = self.connection.execute(
+            select(sub.c.department, sub.c.kind, sub.c.reason).where(sub.c.n == 1)
+        )
+        return {dept: (kind, reason) for dept, kind, reason in rows}
+
+    def recent(self, department: str, limit: int = 20) -> list[RejectedEntry]:
+        """The department's latest rejected inputs, newest first."""
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
+        r = t.rejected_inputs.c
+        rows = self.connection.execute(
+            select(t.rejected_inputs)
+            .where(r.department == department)
+            .order_by(r.received_at.desc(), r.id.desc())
+            .limit(limit)
+        )
+        return [self._entry(row) for row in rows]
+
+    @staticmethod
+    def _entry(row) -> RejectedEntry:
+        m = row._mapping
+        values = {name: m[name] for name in RejectedEntry.__dataclass_fields__}
+        return RejectedEntry(**(values | {"digest": m["digest"] or None}))
 
 
 # --------------------------------------------------------------------------- scheduling
@@ -1201,6 +1343,10 @@ __all__ = [
     "OutboxRepository",
     "OutboxState",
     "QueueStats",
+    "RejectedEntry",
+    "RejectedInputRepository",
+    "RejectedLike",
+    "RejectedSummary",
     "StaleCase",
     "StatusUpdate",
     "StatusUpdateRepository",

@@ -245,3 +245,25 @@ reconcile_runs = Table(
     Column("counts", JSON, nullable=False, default=dict),
     Column("report", JSON, nullable=False, default=dict),
 )
+
+# --------------------------------------------------------------------------- revision 0005
+
+# Department inputs an adapter refused (a quarantined file, a record it could not read), so
+# an operator sees their history after a restart. Never the content, which may hold
+# requester PII: only the input's name, its class, the reason and the digest of its bytes.
+rejected_inputs = Table(
+    "rejected_inputs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("department", String(64), nullable=False),
+    Column("kind", String(32), nullable=False),  # RejectedInput.kind: a short fixed label
+    Column("source", String(255), nullable=False),  # the input's (safe) file name or record id
+    # sha256 hex of the refused bytes; '' when the adapter refused the input unread. Not
+    # NULL: NULLs never conflict, so every re-poll of an unread input would add a row.
+    Column("digest", String(64), nullable=False, default=""),
+    Column("reason", Text, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),  # the hub's clock when first recorded
+    # The same input seen again (a re-polled file, an overlapping poll) is one row.
+    UniqueConstraint("department", "kind", "source", "digest"),
+    Index("ix_rejected_inputs_received", "department", "received_at"),
+)

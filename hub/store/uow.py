@@ -12,6 +12,7 @@ from hub.store.repository import (
     InboundEventRepository,
     JobRunRepository,
     OutboxRepository,
+    RejectedInputRepository,
     StatusUpdateRepository,
     SyncCursorRepository,
     TimelineRepository,
@@ -31,6 +32,7 @@ class UnitOfWork:
     cursors: SyncCursorRepository
     status_updates: StatusUpdateRepository
     inbound: InboundEventRepository
+    rejected: RejectedInputRepository
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -49,6 +51,7 @@ class UnitOfWork:
         self.cursors = SyncCursorRepository(conn)
         self.status_updates = StatusUpdateRepository(conn)
         self.inbound = InboundEventRepository(conn)
+        self.rejected = RejectedInputRepository(conn)
         return self
 
     # After commit or rollback the next statement begins the next transaction (SQLAlchemy's
