@@ -387,17 +387,29 @@ def enrichment_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
         return {"configured": False}
     orphans: list[str] = []
     with holds.case_session(hub) as session:
-        for case_id in session.held_case_ids():
-            case = session.case(case_id)
-            if case is None or case.attributes.get(STATUS_FIELD) != AWAITING:
-                continue
-            if not any(i.operation == ENRICH for i in session.deliveries(case_id)):
-                orphans.append(case_id)
+        for case, deliveries in _held_for_us(session):
+            if not any(i.operation == ENRICH for i in deliveries):
+                orphans.append(case.hub_id)
                 if heal:
-                    key = _enrich_key(case_id, gis.department)
-                    session.enqueue(case_id, gis.department, ENRICH, key=key)
+                    key = _enrich_key(case.hub_id, gis.department)
+                    session.enqueue(case.hub_id, gis.department, ENRICH, key=key)
         session.commit()
     return {"configured": True, "awaiting_without_job": orphans, "healed": heal}
+
+
+def _held_for_us(session: CaseSession) -> list[tuple[Case, list[OutboxItem]]]:
+    """The held cases still awaiting the GIS, each with its outbox rows in id order. Read
+    set-wise (a few statements, not one per case): the sweep runs every few seconds and
+    a GIS outage is exactly when the held cases pile up."""
+    case_ids = session.held_case_ids()
+    cases = session.cases(case_ids)
+    awaiting = [
+        cases[case_id]
+        for case_id in case_ids
+        if case_id in cases and cases[case_id].attributes.get(STATUS_FIELD) == AWAITING
+    ]
+    deliveries = session.deliveries_for([case.hub_id for case in awaiting])
+    return [(case, deliveries[case.hub_id]) for case in awaiting]
 
 
 @hookimpl
@@ -423,10 +435,8 @@ def _release_overdue(hub: Hub) -> dict[str, Any]:
     now = utcnow()
     overdue = []
     with holds.case_session(hub) as session:
-        for case in session.cases(session.held_case_ids()).values():
-            if case.attributes.get(STATUS_FIELD) != AWAITING:
-                continue
-            held = [i for i in session.deliveries(case.hub_id) if i.state == "held"]
+        for case, deliveries in _held_for_us(session):
+            held = [i for i in deliveries if i.state == "held"]
             if held and now - min(as_utc(i.created_at) for i in held) >= limit:
                 overdue.append(case.hub_id)
     reason = f"held longer than max_hold_seconds ({gis.config.max_hold_seconds:g} s)"

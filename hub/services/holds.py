@@ -32,6 +32,16 @@ if TYPE_CHECKING:
 # Raised by a save when another writer changed the case first: re-read and decide again.
 CaseChanged = StaleCase
 
+# Ids per IN list of a batch read: well under SQLite's 32,766 and PostgreSQL's 65,535 bound
+# parameters, so a sweep over any backlog stays a few statements and never fails on size.
+BATCH_IDS = 5_000
+
+
+def _batches(ids: Sequence[str]) -> Iterator[list[str]]:
+    ids = list(ids)
+    for start in range(0, len(ids), BATCH_IDS):
+        yield ids[start : start + BATCH_IDS]
+
 
 def still_held(hub: Hub, case: Case) -> bool:
     """True if any plugin's ``hub_before_dispatch`` would hold the case now."""
@@ -53,11 +63,23 @@ class CaseSession:
         return self._uow.cases.get(case_id)
 
     def cases(self, case_ids: Sequence[str]) -> dict[str, Case]:
-        return self._uow.cases.get_many(list(case_ids))
+        found: dict[str, Case] = {}
+        for batch in _batches(case_ids):
+            found.update(self._uow.cases.get_many(batch))
+        return found
 
     def deliveries(self, case_id: str) -> list[OutboxItem]:
         """The case's outbox rows, in id order."""
         return self._uow.outbox.for_case(case_id)
+
+    def deliveries_for(self, case_ids: Sequence[str]) -> dict[str, list[OutboxItem]]:
+        """Each case's outbox rows, in id order (an empty list for a case with none): one
+        statement per :data:`BATCH_IDS` cases, for sweeps that would otherwise ask once
+        per case."""
+        found: dict[str, list[OutboxItem]] = {}
+        for batch in _batches(case_ids):
+            found.update(self._uow.outbox.for_cases(batch))
+        return found
 
     def delivery(self, item_id: int) -> OutboxItem | None:
         return self._uow.outbox.get(item_id)

@@ -841,6 +841,18 @@ class OutboxRepository:
         )
         return [OutboxItem.from_row(row) for row in rows]
 
+    def for_cases(self, case_ids: Sequence[str]) -> dict[str, list[OutboxItem]]:
+        """The outbox rows of many cases in one query, each case's in id order."""
+        found: dict[str, list[OutboxItem]] = {case_id: [] for case_id in case_ids}
+        if not found:
+            return found
+        rows = self.connection.execute(
+            select(t.outbox).where(t.outbox.c.case_id.in_(list(found))).order_by(t.outbox.c.id)
+        )
+        for row in rows:
+            found[row.case_id].append(OutboxItem.from_row(row))
+        return found
+
     def list(self, *, state: str, department: str | None = None, limit: int = 1000):
         query = select(t.outbox).where(t.outbox.c.state == state)
         if department:
