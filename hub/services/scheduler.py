@@ -32,6 +32,9 @@ from hub.services.sync import StatusSync
 log = logging.getLogger(__name__)
 
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+# Per process: one run of a job at a time; firings missed while busy coalesce into one, and
+# one more than 30 s late is dropped (the next slot comes soon).
+_JOB_DEFAULTS: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
 
 
 def interval_slot(now: datetime, seconds: float) -> str:
@@ -106,10 +109,16 @@ class Scheduler:
             return self.poll_interval
         return self.hub.config.departments[department].poll_interval_seconds
 
+    async def run_interval(
+        self, job: str, seconds: float, work: Callable[[], Awaitable[Any]]
+    ) -> bool:
+        """One firing of an interval job: claim the slot of now on the epoch grid (every
+        process firing about now names the same one), and run `work` if this process won."""
+        return await self.run_claimed(job, interval_slot(self.clock(), seconds), work)
+
     async def poll(self, department: str) -> bool:
-        slot = interval_slot(self.clock(), self.interval(department))
-        return await self.run_claimed(
-            f"poll:{department}", slot, lambda: self.sync.poll(department)
+        return await self.run_interval(
+            f"poll:{department}", self.interval(department), lambda: self.sync.poll(department)
         )
 
     async def reconcile(self) -> bool:
@@ -130,38 +139,25 @@ class Scheduler:
         return jobs
 
     async def periodic(self, job: PeriodicJob) -> bool:
-        slot = interval_slot(self.clock(), job.every_seconds)
-        return await self.run_claimed(job.name, slot, lambda: job.run(self.hub))
+        return await self.run_interval(job.name, job.every_seconds, lambda: job.run(self.hub))
 
     # ----------------------------------------------------------------------- the clock
 
     def start(self) -> AsyncIOScheduler:
         """Add the jobs to an in-memory AsyncIOScheduler on the running loop and start it."""
         scheduler = AsyncIOScheduler(timezone=UTC)
-        defaults = {"max_instances": 1, "coalesce": True, "misfire_grace_time": 30}
         for department in self.sync.pollable():
-            seconds = self.interval(department)
-            scheduler.add_job(
-                self.poll,
-                IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=UTC),
-                args=[department],
-                id=f"poll:{department}",
-                **defaults,
+            _every(
+                scheduler, self.interval(department), self.poll, department, f"poll:{department}"
             )
         for job in self.plugin_jobs():
-            scheduler.add_job(
-                self.periodic,
-                IntervalTrigger(seconds=job.every_seconds, start_date=EPOCH, timezone=UTC),
-                args=[job],
-                id=f"plugin:{job.name}",
-                **defaults,
-            )
+            _every(scheduler, job.every_seconds, self.periodic, job, f"plugin:{job.name}")
         hour, minute = (int(p) for p in self.hub.config.reconcile_at.split(":"))
         scheduler.add_job(
             self.reconcile,
             CronTrigger(hour=hour, minute=minute, timezone=UTC),
             id="reconcile",
-            **{**defaults, "misfire_grace_time": 3600},
+            **{**_JOB_DEFAULTS, "misfire_grace_time": 3600},
         )
         scheduler.start()
         self._scheduler = scheduler
@@ -171,6 +167,23 @@ class Scheduler:
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
         self._scheduler = None
+
+
+def _every(
+    scheduler: AsyncIOScheduler,
+    seconds: float,
+    run: Callable[[Any], Awaitable[bool]],
+    arg: Any,
+    job_id: str,
+) -> None:
+    """Fire ``run(arg)`` every `seconds`, on the epoch grid (so the slot names agree)."""
+    scheduler.add_job(
+        run,
+        IntervalTrigger(seconds=seconds, start_date=EPOCH, timezone=UTC),
+        args=[arg],
+        id=job_id,
+        **_JOB_DEFAULTS,
+    )
 
 
 def _detail(result: Any) -> dict[str, Any]:
