@@ -92,6 +92,13 @@ HTTP_SECONDS = Histogram(
     buckets=_LATENCY,
     registry=REGISTRY,
 )
+TURN_SECONDS = Histogram(
+    "hub_worker_turn_duration_seconds",
+    "One worker database turn (settle finished attempts, claim due rows), waits for the"
+    " rate-limited departments' row locks included.",
+    buckets=_LATENCY,
+    registry=REGISTRY,
+)
 
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
 SYNC_WINDOW = 50_000  # newest inbound events scanned for the sync lag (bounded cost)
@@ -105,6 +112,10 @@ def record_delivery(
 ) -> None:
     DELIVERIES.labels(department, operation, outcome, error_class or "none").inc()
     DELIVERY_SECONDS.labels(department, operation, outcome).observe(duration_ms / 1000)
+
+
+def observe_turn(seconds: float) -> None:
+    TURN_SECONDS.observe(seconds)
 
 
 _delivery_log = logging.getLogger("hub.delivery")
@@ -406,6 +417,7 @@ __all__ = [
     "record_delivery",
     "record_http",
     "record_rejected_inputs",
+    "observe_turn",
     "record_status_events",
     "render",
     "serve_metrics",

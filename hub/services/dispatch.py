@@ -58,7 +58,7 @@ from hub.model import (
     utcnow,
 )
 from hub.observability.logging import bind, unbind
-from hub.observability.metrics import observe_attempt
+from hub.observability.metrics import observe_attempt, observe_turn
 from hub.services.retry import backoff_delay, circuit_allows, record_failure, record_success
 from hub.services.runtime import DepartmentNotConfigured, Hub
 from hub.services.status import advance_many
@@ -67,9 +67,16 @@ from hub.store.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-# A rate-limited department's bucket holds a quarter second of calls: a burst after a
-# pause overshoots a 5 s average by at most 5%, while turns (every ~50 ms) keep it full.
+# A rate-limited department's bucket holds at least a quarter second of calls: a burst
+# after a pause overshoots a 5 s average by at most 5%. It must also hold what arrives
+# between two refills, or tokens spill over a full bucket and the department is served
+# under its limit: turns are serialised on the department's row lock, and under a deep
+# queue one can take longer than a quarter second. So the bucket grows to twice this
+# worker's recent turn time, at most a second. Slow turns come with load, when each turn
+# empties the bucket; an idle hub turns fast, so the burst after a pause stays small.
 BURST_SECONDS = 0.25
+MAX_BURST_SECONDS = 1.0
+TURN_SMOOTHING = 0.2  # weight of the newest turn in the moving average
 
 # Outcomes of one attempt.
 DELIVERED, ADOPTED, DONE = "delivered", "adopted", "done"
@@ -264,6 +271,8 @@ class Dispatcher:
         # Rows claimed beyond the calls in flight, ready to start the moment a call ends.
         self.prefetch = min(cfg.concurrency, cfg.batch_size) if prefetch is None else prefetch
         self.stats = DispatchStats()
+        self.turn_seconds = 0.0  # moving average of a turn, lock waits included
+        self._rotation = 0  # which free department claims first this turn
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
     # ----------------------------------------------------------------------- loop
@@ -357,6 +366,7 @@ class Dispatcher:
         self, finished: list[Attempt], capacity: int
     ) -> list[tuple[OutboxItem, Case, WorkOrder | None]]:
         """Settle finished attempts and claim new rows, in one transaction."""
+        started = perf_counter()
         with self.hub.uow() as uow:
             now = self.clock()
             # Limited departments' rows are locked first, in name order, before settle
@@ -373,10 +383,19 @@ class Dispatcher:
                 if item.case_id in cases
             ]
             uow.commit()
+        self._observe_turn(perf_counter() - started)
         self.stats.claimed += len(loaded)
         for case, old, new in notifications:
             self._notify(case, old, new)
         return loaded
+
+    def _observe_turn(self, seconds: float) -> None:
+        self.turn_seconds += TURN_SMOOTHING * (seconds - self.turn_seconds)
+        observe_turn(seconds)
+
+    def burst_seconds(self) -> float:
+        """How many seconds of a rate-limited department's calls its bucket holds."""
+        return min(MAX_BURST_SECONDS, max(BURST_SECONDS, 2 * self.turn_seconds))
 
     def _refill(self, uow: UnitOfWork, now: datetime) -> dict[str, float]:
         """Tokens of each department with a cluster-wide limit (inf: no rate limit)."""
@@ -386,7 +405,7 @@ class Dispatcher:
             rate = policy.rate_limit_per_second
             if rate is None and policy.max_in_flight is None:
                 continue
-            capacity = max(1.0, (rate or 0.0) * BURST_SECONDS)
+            capacity = max(1.0, (rate or 0.0) * self.burst_seconds())
             tokens = uow.departments.refill_tokens(
                 department, rate=rate, capacity=capacity, now=now.timestamp()
             )
@@ -436,10 +455,7 @@ class Dispatcher:
             items += self._claim_limited(uow, department, want, budgets[department], now)
         free = [d for d in open_fully if d not in budgets]
         if free and len(items) < limit:
-            want = limit - len(items)
-            items += uow.outbox.claim(
-                worker=self.worker_id, limit=want, lease=self.lease, now=now, only=free
-            )
+            items += self._claim_shared(uow, free, limit - len(items), now)
         for department in canaries:
             until = now + timedelta(
                 seconds=self.hub.config.policy(department).breaker_cooldown_seconds
@@ -448,6 +464,34 @@ class Dispatcher:
                 items += uow.outbox.claim(
                     worker=self.worker_id, limit=1, lease=self.lease, now=now, only=[department]
                 )
+        return items
+
+    def _claim_shared(
+        self, uow: UnitOfWork, departments: list[str], want: int, now: datetime
+    ) -> list[OutboxItem]:
+        """Claim up to `want` rows, one department per statement: each gets an equal share
+        first, then what is left goes to those that had more due. So one department's
+        backlog never holds up another's fresh cases (one claim ordered across all would
+        serve the backlog's older rows first), and each claim is an ordered index range
+        that stops at its LIMIT, whatever the planner knows of the table."""
+        self._rotation = (self._rotation + 1) % len(departments)
+        hungry = departments[self._rotation :] + departments[: self._rotation]
+        items: list[OutboxItem] = []
+        while hungry and len(items) < want:
+            share = -(-(want - len(items)) // len(hungry))  # ceiling
+            still_hungry = []
+            for department in hungry:
+                limit = min(share, want - len(items))
+                if limit <= 0:
+                    break
+                got = uow.outbox.claim(
+                    worker=self.worker_id, limit=limit, lease=self.lease, now=now,
+                    only=[department],
+                )  # fmt: skip
+                items += got
+                if len(got) == limit:
+                    still_hungry.append(department)
+            hungry = still_hungry
         return items
 
     # ----------------------------------------------------------------------- attempt

@@ -137,7 +137,7 @@ outbox = Table(
     Column("completed_at", UTCDateTime),
     Index("ix_outbox_due", "state", "next_attempt_at", "id"),  # the claim's order
     Index("ix_outbox_case_dept", "case_id", "department", "id"),
-    Index("ix_outbox_dept_state", "department", "state"),
+    Index("ix_outbox_dept_due", "department", "state", "next_attempt_at", "id"),  # per dept
 )
 
 inbound_events = Table(

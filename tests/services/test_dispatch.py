@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 
 import pytest
@@ -260,3 +261,33 @@ async def test_note_and_cancel_follow_the_create_in_order(city: SimulatedCity) -
         done = [(i.operation, i.state) for i in uow.outbox.for_case(case.hub_id)]
     assert done == [("create", "done"), ("note", "done"), ("cancel", "done")]
     await hub.aclose()
+
+
+def test_one_departments_backlog_does_not_hold_up_anothers_new_cases(
+    city: SimulatedCity,
+) -> None:
+    """A claim shares the batch between departments instead of taking the oldest due rows
+    of all: public works' queued backlog must not stand in front of a fresh streets case."""
+    config = city.config()
+    streets = config.departments["publicworks"]
+    config.departments["streets"] = streets.model_copy(deep=True)
+    hub = Hub(config, database=city.database_url)
+    backlog = feed(hub, 40)
+    with hub.uow() as uow:  # newer than all of public works' rows
+        for case in backlog[:5]:
+            uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
+            uow.outbox.enqueue(
+                case_id=case.hub_id,
+                department="streets",
+                operation="create",
+                idempotency_key=f"{case.hub_id}:streets:create",
+                due=utcnow() + timedelta(milliseconds=1),
+            )
+        uow.commit()
+    later = utcnow() + timedelta(seconds=1)
+    claimed = Dispatcher(hub, worker_id="w", clock=lambda: later)._turn([], 20)
+    by_department = Counter(item.department for item, _, _ in claimed)
+    assert by_department == {"publicworks": 15, "streets": 5}
+    again = Dispatcher(hub, worker_id="w2", clock=lambda: later)._turn([], 100)
+    assert len(again) == 25  # the rest of public works' backlog, nothing claimed twice
+    assert {item.id for item, _, _ in again}.isdisjoint(item.id for item, _, _ in claimed)

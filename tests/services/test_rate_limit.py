@@ -41,6 +41,51 @@ def test_a_claim_takes_at_most_the_tokens_in_the_bucket(tmp_path: Path, db_url: 
         hub.dispose()
 
 
+def test_the_bucket_grows_with_slow_turns_up_to_a_second(tmp_path: Path, db_url: str) -> None:
+    # Turns serialised on the department's row lock can come further apart than a quarter
+    # second under a deep queue; a quarter-second bucket would then spill tokens and serve
+    # the department under its limit. The bucket holds twice the recent turn time.
+    policy = limited(rate_limit_per_second=40.0)
+    with simulated_city(
+        tmp_path / "city", database_url=db_url, delivery=policy, gis=False, payments=False
+    ) as city:
+        hub = city.hub()
+        feed(hub, 120)
+        now = utcnow()
+        worker = Dispatcher(hub, worker_id="a", clock=lambda: now)
+        worker.turn_seconds = 0.3  # slow turns: the bucket holds 0.6 s
+        assert worker.burst_seconds() == pytest.approx(0.6)
+        assert len(worker._turn([], 64)) == 24  # a fresh bucket: 0.6 s at 40/s
+        later = now + timedelta(seconds=0.5)
+        worker.clock = lambda: later
+        worker.turn_seconds = 0.3
+        assert len(worker._turn([], 64)) == 20  # half a second's refill, none spilled
+        much_later = later + timedelta(seconds=10)
+        worker.clock = lambda: much_later
+        worker.turn_seconds = 30.0  # however slow: at most a second's worth
+        assert worker.burst_seconds() == 1.0
+        assert len(worker._turn([], 64)) == 40
+        hub.dispose()
+
+
+def test_fast_turns_keep_the_quarter_second_bucket(tmp_path: Path, db_url: str) -> None:
+    with simulated_city(
+        tmp_path / "city",
+        database_url=db_url,
+        delivery=limited(rate_limit_per_second=40.0),
+        gis=False,
+        payments=False,
+    ) as city:
+        hub = city.hub()
+        feed(hub, 4)
+        worker = Dispatcher(hub, worker_id="a")
+        for _ in range(5):
+            worker._turn([], 64)
+        assert worker.turn_seconds < 0.125  # a test database turns in milliseconds
+        assert worker.burst_seconds() == 0.25
+        hub.dispose()
+
+
 def test_max_in_flight_counts_every_workers_leases(tmp_path: Path, db_url: str) -> None:
     with simulated_city(
         tmp_path / "city",
