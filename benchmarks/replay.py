@@ -428,11 +428,14 @@ class Deployed:
     def start_workers(self, config: Path, stack: ExitStack) -> list[subprocess.Popen]:
         env = {**os.environ, "HUB_DATABASE_URL": self.tagged("worker"), "HUB_LOG_LEVEL": "WARNING"}
         processes = []
-        for slot in range(self.worker_count()):
+        split = self.args.scheduler_process
+        for slot in range(self.worker_count() + split):
             command = [sys.executable]
             if self.args.profile_worker and slot == 0:
                 command += ["-m", "cProfile", "-o", str(self.directory / "worker.prof")]
             command += ["-m", "hub.cli", "worker", "-c", str(config), "--worker-id", f"r{slot}"]
+            if split:  # the last process runs the polls, the others deliver
+                command.append("--no-dispatch" if slot == self.worker_count() else "--no-scheduler")
             log = stack.enter_context((self.directory / f"worker-{slot}.log").open("wb"))
             processes.append(
                 subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -516,6 +519,7 @@ class Deployed:
         doc = {
             "mode": "deployed",
             "workers": self.worker_count(),
+            "scheduler_process": self.args.scheduler_process,
             "cases": len(ids),
             "closed": closed,
             "seconds": round(seconds, 1),
@@ -710,6 +714,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (PostgreSQL)")
     parser.add_argument("--profile-worker", action="store_true", help="cProfile the first worker")
+    parser.add_argument(
+        "--scheduler-process",
+        action="store_true",
+        help="status polls in a process of their own (hub worker --no-dispatch) beside the"
+        " delivering workers (--no-scheduler): on SQLite, the second core",
+    )
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--top", type=int, default=15)
     parser.add_argument("--json-out", type=Path)

@@ -205,6 +205,14 @@ def worker(
         bool,
         typer.Option("--no-scheduler", help="Do not run the periodic polls and reconcile."),
     ] = False,
+    no_dispatch: Annotated[
+        bool,
+        typer.Option(
+            "--no-dispatch",
+            help="Deliver nothing: run only the periodic polls and reconcile (e.g. beside"
+            " the one delivering worker of a SQLite hub, to use a second core).",
+        ),
+    ] = False,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus /metrics of this worker on this port.")
     ] = None,
@@ -215,7 +223,12 @@ def worker(
     """Deliver the outbox: runs until stopped (SIGTERM/SIGINT finish in-flight calls).
 
     Also runs the status polls and the nightly reconcile (each run claimed in the
-    database, so any number of workers run each one once) unless --no-scheduler."""
+    database, so any number of workers run each one once) unless --no-scheduler;
+    --no-dispatch runs only those."""
+    if no_dispatch and (no_scheduler or drain):
+        raise typer.BadParameter(
+            "--no-dispatch runs only the scheduler: not with --no-scheduler or --drain"
+        )
     import hub.services.outbound  # registers the reopen operation
     from hub.services.dispatch import Dispatcher, default_worker_id
 
@@ -241,7 +254,11 @@ def worker(
             scheduler = Scheduler(hub, worker_id=dispatcher.worker_id)
             scheduler.start()
         try:
-            stats = await dispatcher.run(stop=stop, drain=drain)
+            if no_dispatch:
+                await stop.wait()
+            stats = (
+                dispatcher.stats if no_dispatch else await dispatcher.run(stop=stop, drain=drain)
+            )
         finally:
             if scheduler is not None:
                 scheduler.shutdown()

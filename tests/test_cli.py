@@ -194,3 +194,53 @@ def test_worker_dlq_case_and_departments_commands(city_with_config: SimulatedCit
     table = runner.invoke(app, ["case", "show", cases[0].hub_id])
     assert table.exit_code == 0 and "dead_lettered" in table.output
     assert runner.invoke(app, ["case", "show", "nope"]).exit_code == 1
+
+
+def test_worker_no_dispatch_runs_the_polls_and_delivers_nothing(
+    tmp_path: Path, db_url: str
+) -> None:
+    """`hub worker --no-dispatch` is the scheduler alone: beside a SQLite hub's one
+    delivering worker (--no-scheduler) it moves the status polls to another core."""
+    import os
+    import signal
+    import time
+
+    from sqlalchemy import create_engine, select
+
+    from hub.store import tables as t
+
+    with simulated_city(tmp_path / "city", database_url=db_url) as city:
+        config = city.config_dict()
+        config["departments"]["publicworks"]["poll_interval_seconds"] = 0.5
+        path = tmp_path / "hub.yaml"
+        path.write_text(yaml.safe_dump(config))
+        feed(city.hub(), 3)
+        env = {**os.environ, "HUB_DATABASE_URL": db_url}
+        command = [sys.executable, "-m", "hub.cli", "worker", "-c", str(path), "--no-dispatch"]
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True)
+        engine = create_engine(db_url)
+        try:
+            deadline = time.monotonic() + 30
+            polls: list = []
+            while not polls and time.monotonic() < deadline:
+                time.sleep(0.25)
+                with engine.connect() as conn:
+                    polls = conn.execute(
+                        select(t.job_runs.c.job).where(t.job_runs.c.job == "poll:publicworks")
+                    ).all()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output, _ = process.communicate(timeout=30)
+        with engine.connect() as conn:
+            states = conn.execute(select(t.outbox.c.state, t.outbox.c.attempts)).all()
+        engine.dispose()
+    assert polls, "the scheduler never ran a status poll"
+    assert process.returncode == 0
+    assert json.loads(output.strip().splitlines()[-1])["claimed"] == 0
+    assert states and all(s == ("pending", 0) for s in states)  # nothing was claimed
+
+
+def test_worker_no_dispatch_refuses_no_scheduler_and_drain() -> None:
+    for extra in ("--no-scheduler", "--drain"):
+        result = runner.invoke(app, ["worker", "--no-dispatch", extra])
+        assert result.exit_code == 2 and "--no-dispatch" in result.output
