@@ -72,10 +72,11 @@ log = logging.getLogger(__name__)
 # between two refills, or tokens spill over a full bucket and the department is served
 # under its limit: turns are serialised on the department's row lock, and under a deep
 # queue one can take longer than a quarter second. So the bucket grows to twice this
-# worker's recent turn time, at most a second. Slow turns come with load, when each turn
-# empties the bucket; an idle hub turns fast, so the burst after a pause stays small.
+# worker's recent turn time, at most half a second (the catch-up after a stall then adds
+# at most 10% to a 5 s window). Slow turns come with load, when each turn empties the
+# bucket; an idle hub turns fast, so the burst after a pause stays small.
 BURST_SECONDS = 0.25
-MAX_BURST_SECONDS = 1.0
+MAX_BURST_SECONDS = 0.5
 TURN_SMOOTHING = 0.2  # weight of the newest turn in the moving average
 
 # Outcomes of one attempt.

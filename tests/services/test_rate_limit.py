@@ -41,7 +41,7 @@ def test_a_claim_takes_at_most_the_tokens_in_the_bucket(tmp_path: Path, db_url: 
         hub.dispose()
 
 
-def test_the_bucket_grows_with_slow_turns_up_to_a_second(tmp_path: Path, db_url: str) -> None:
+def test_the_bucket_grows_with_slow_turns_up_to_half_a_second(tmp_path: Path, db_url: str) -> None:
     # Turns serialised on the department's row lock can come further apart than a quarter
     # second under a deep queue; a quarter-second bucket would then spill tokens and serve
     # the department under its limit. The bucket holds twice the recent turn time.
@@ -53,18 +53,18 @@ def test_the_bucket_grows_with_slow_turns_up_to_a_second(tmp_path: Path, db_url:
         feed(hub, 120)
         now = utcnow()
         worker = Dispatcher(hub, worker_id="a", clock=lambda: now)
-        worker.turn_seconds = 0.3  # slow turns: the bucket holds 0.6 s
-        assert worker.burst_seconds() == pytest.approx(0.6)
-        assert len(worker._turn([], 64)) == 24  # a fresh bucket: 0.6 s at 40/s
-        later = now + timedelta(seconds=0.5)
+        worker.turn_seconds = 0.2  # slow turns: the bucket holds 0.4 s
+        assert worker.burst_seconds() == pytest.approx(0.4)
+        assert len(worker._turn([], 64)) == 16  # a fresh bucket: 0.4 s at 40/s
+        later = now + timedelta(seconds=0.35)
         worker.clock = lambda: later
-        worker.turn_seconds = 0.3
-        assert len(worker._turn([], 64)) == 20  # half a second's refill, none spilled
+        worker.turn_seconds = 0.2
+        assert len(worker._turn([], 64)) == 14  # 0.35 s of refill, none spilled
         much_later = later + timedelta(seconds=10)
         worker.clock = lambda: much_later
-        worker.turn_seconds = 30.0  # however slow: at most a second's worth
-        assert worker.burst_seconds() == 1.0
-        assert len(worker._turn([], 64)) == 40
+        worker.turn_seconds = 30.0  # however slow: at most half a second's worth
+        assert worker.burst_seconds() == 0.5
+        assert len(worker._turn([], 64)) == 20
         hub.dispose()
 
 
