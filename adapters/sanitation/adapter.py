@@ -8,9 +8,14 @@ recorded as ``sent`` in the ledger. Idempotency: the ledger (on the drop, shared
 workers) says which hub ids went out in which batch; ``find_by_reference`` answers from
 it, so a retry after a crash adopts the row instead of sending it again.
 
-Inbound, ``poll_changes`` triages ``inbound/`` (good files to ``archive/``, bad ones to
-``quarantine/`` with a reason) and turns the rows of archived files into events.
-See docs/adapters/sanitation.md.
+Inbound, ``poll_changes`` triages ``inbound/`` (good files to ``archive/<day>/``, bad ones
+to ``quarantine/`` with a reason) and turns the rows of archived files into events.
+
+Years of work orders: a process keeps the young ledger (batches not yet folded into
+``index/``, see index.py), the hub ids its status files mention until they are closed and
+idle, and a few parsed files — never one entry per work order ever sent. Polls list only
+the archive day folders they read. See docs/adapters/sanitation.md and
+docs/decisions/0009-file-drop-retention.md.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ import fnmatch
 import hashlib
 import logging
 import os
+import time
 import uuid
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -57,7 +64,9 @@ from .files import (
     ABANDONED,
     ARCHIVE,
     INBOUND,
+    INDEX,
     LEDGER,
+    NESTED,
     OUTBOUND,
     PENDING,
     QUARANTINE,
@@ -66,18 +75,23 @@ from .files import (
     TAKEN,
     LedgerEntry,
     batch_file_name,
+    nested,
     render_csv,
     sha256,
     sidecar_text,
 )
+from .index import LedgerIndex
 from .parse import BadFile, StatusRow, parse_datetime, parse_status_file
 
 log = logging.getLogger(__name__)
 ACK_PATTERN = "ACK_*.csv"
 STAMP = "%Y%m%dT%H%M%S%fZ"  # archive/quarantine name prefix: when the hub took the file
 _RANK = {SENT: 0, PENDING: 1, ABANDONED: 2}
-PARSED_ROWS_KEPT = 100_000  # rows of archived files kept parsed (each file repeats a window)
-_Row = tuple[str | None, DepartmentEvent]  # (contractor's ref, the row's event)
+_CLOSED = 3  # _rank of a status that closes the work order
+# Rows of archived files kept parsed (1-2.5 kB each): a poll's overlap holds a few files.
+PARSED_ROWS_KEPT = 10_000
+COMPACT_BATCHES = 2_000  # ledger entries folded per compaction run (keeps one run short)
+DAYS_LISTED_ONE_BY_ONE = 62  # a longer poll lists archive/ for the day folders that exist
 
 
 class SanitationConfig(AdapterConfig):
@@ -97,6 +111,24 @@ class SanitationConfig(AdapterConfig):
     batch_max_wait_seconds: float = Field(default=1.0, ge=0.0, le=3600.0)
     pending_grace_seconds: float = Field(
         default=60.0, gt=0, description="a pending batch older than this was abandoned"
+    )
+    ledger_compact_after_seconds: float = Field(
+        default=86_400.0, ge=0, description="settled ledger entries older than this move to index/"
+    )
+    maintenance_every_seconds: float = Field(
+        default=3_600.0, ge=0, description="how often a poll compacts the ledger (per process)"
+    )
+    duplicate_window_days: int = Field(
+        default=2, ge=1, le=31, description="UTC days of archive/ an inbound file is compared with"
+    )
+    poll_page_rows: int = Field(
+        default=20_000, ge=1, description="rows of archived files per status page"
+    )
+    known_refs_max: int = Field(
+        default=50_000, ge=1, description="hub ids (from status files) a process keeps in memory"
+    )
+    closed_idle_seconds: float = Field(
+        default=10_800.0, ge=0, description="a closed work order unnamed this long is forgotten"
     )
 
     @model_validator(mode="after")
@@ -146,6 +178,16 @@ class FileStatusPage(StatusPage):
 
 
 @dataclass
+class _Ref:
+    """A hub id a status file named: its external id (None: the ledger had no sent row
+    for it when looked up) and whether the latest row closed it."""
+
+    external_id: str | None
+    touched: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+
+@dataclass
 class _Batch:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     done: asyncio.Future[LedgerEntry] | None = None
@@ -174,10 +216,17 @@ class SanitationAdapter(Adapter):
         self.worker = f"{os.uname().nodename}:{os.getpid()}"
         self._open: _Batch | None = None
         self._ready_loop: asyncio.AbstractEventLoop | None = None
-        self._entries: dict[str, LedgerEntry] = {}  # ledger file → entry
-        self._by_hub: dict[str, str] = {}  # hub id → ledger file of its best entry
-        self._parsed: OrderedDict[str, list[_Row] | None] = OrderedDict()  # archive name →
+        # What a process remembers, each bounded (docs/decisions/0009):
+        self._entries: dict[str, LedgerEntry] = {}  # ledger/ file → entry (young batches)
+        self._by_hub: dict[str, str] = {}  # hub id → ledger file of its best young entry
+        self._refs: OrderedDict[str, _Ref] = OrderedDict()  # ids in status files, LRU
+        # archive name → its events (None: it no longer parses), least recently used first
+        self._parsed: OrderedDict[str, list[DepartmentEvent] | None] = OrderedDict()
         self._parsed_rows = 0
+        self.index = LedgerIndex(self.drop)  # settled batches: read on a miss, not kept
+        self._made: set[str] = set()  # archive day folders known to exist (recent ones)
+        self._archive_flat_checked = False
+        self._maintained_at = float("-inf")
 
     # -- the mapping ---------------------------------------------------------------
 
@@ -217,9 +266,9 @@ class SanitationAdapter(Adapter):
     async def create(self, order: OutboundWorkOrder) -> ExternalRef:
         row = self._row(order)
         await self._ready()
-        known = self._known(order.hub_id)
-        if known is not None and known.state == SENT:
-            return self._ref(known, order.hub_id)  # re-run of a delivered case: send nothing
+        known = self._known_external(order.hub_id)
+        if known is not None:  # re-run of a delivered case: send nothing
+            return ExternalRef(external_id=known, hub_reference=order.hub_id)
         batch = self._join(order.hub_id, row)
         assert batch.done is not None
         entry = await asyncio.shield(batch.done)
@@ -321,15 +370,38 @@ class SanitationAdapter(Adapter):
             current = self._entries.get(self._by_hub.get(hub_id, ""))
             if current is None or _RANK[entry.state] <= _RANK[current.state]:
                 self._by_hub[hub_id] = entry.key
+            ref = self._refs.get(hub_id)
+            if ref is not None and entry.state == SENT:
+                ref.external_id = entry.external_id(hub_id)  # a miss cached earlier, now sent
+
+    def _forget(self, key: str) -> None:
+        """A young entry folded into index/ (by any worker): lookups go there now."""
+        entry = self._entries.pop(key, None)
+        for hub_id in entry.rows if entry else ():
+            if self._by_hub.get(hub_id) == key:
+                del self._by_hub[hub_id]
 
     def _known(self, hub_id: str) -> LedgerEntry | None:
         return self._entries.get(self._by_hub.get(hub_id, ""))
 
+    def _known_external(self, hub_id: str) -> str | None:
+        """The external id this process knows without reading the drop (None: unknown)."""
+        entry = self._known(hub_id)
+        if entry is not None and entry.state == SENT:
+            return entry.external_id(hub_id)
+        ref = self._refs.get(hub_id)
+        return ref.external_id if ref is not None else None
+
     async def _refresh(self) -> None:
-        """Read ledger entries this process has not seen final (other workers' batches)."""
-        for key in await self.drop.list(LEDGER):
+        """Read young ledger entries this process has not seen final (other workers'
+        batches); forget those that left ledger/ (folded into index/)."""
+        before = set(self._entries)  # entries saved while listing are not "gone"
+        keys = [k for k in await self.drop.list(LEDGER) if k.endswith(".json")]
+        for gone in before.difference(keys):
+            self._forget(gone)
+        for key in keys:
             cached = self._entries.get(key)
-            if not key.endswith(".json") or (cached and cached.state != PENDING):
+            if cached is not None and cached.state != PENDING:
                 continue
             data = await self.drop.read(LEDGER, key)
             if data:
@@ -338,20 +410,34 @@ class SanitationAdapter(Adapter):
 
     async def find_by_reference(self, hub_id: str) -> ExternalRef | None:
         await self._ready()
+        external_id = await self._lookup(hub_id)
+        if external_id is None:
+            return None
+        return ExternalRef(external_id=external_id, hub_reference=hub_id)
+
+    async def _lookup(self, hub_id: str) -> str | None:
+        """Young ledger in memory → index/ (settled batches) → young ledger re-read →
+        index/ again: a batch folded between the first look and the re-read is in index/
+        by then (entries leave ledger/ only after index/ holds their rows)."""
+        known = self._known_external(hub_id)
+        if known is not None:
+            return known
+        settled = (await self.index.lookup([hub_id])).get(hub_id)
+        if settled is not None:
+            return settled
+        await self._refresh()
         entry = self._known(hub_id)
-        if entry is None or entry.state != SENT:
-            await self._refresh()
-            entry = self._known(hub_id)
         if entry is not None and entry.state == PENDING:
             entry = await self._resolve(entry)
-        if entry is None or entry.state != SENT:
-            return None
-        return self._ref(entry, hub_id)
+        if entry is not None and entry.state == SENT:
+            return entry.external_id(hub_id)
+        return (await self.index.lookup([hub_id])).get(hub_id)
 
     async def _resolve(self, entry: LedgerEntry) -> LedgerEntry:
         """A pending batch (its writer died or is still writing): roll forward or back."""
         outbound = await self.drop.list(OUTBOUND)
-        if entry.batch in outbound or entry.batch in await self.drop.list(TAKEN):
+        # taken/ is the contractor's and only grows: ask for the one name, never list it.
+        if entry.batch in outbound or await self.drop.exists(TAKEN, entry.batch):
             if entry.batch in outbound and entry.batch + SIDECAR not in outbound:
                 await self._complete_sidecar(entry)
             entry.state = SENT
@@ -373,33 +459,141 @@ class SanitationAdapter(Adapter):
         sidecar = sidecar_text(entry.batch, data, len(entry.rows))
         await self.drop.write_atomic(OUTBOUND, entry.batch + SIDECAR, sidecar)
 
+    # -- compaction: settled ledger entries into index/ ----------------------------------
+
+    async def compact(self) -> int:
+        """Fold settled ledger entries (sent or abandoned, older than
+        ``ledger_compact_after_seconds``) into ``index/`` and remove their ``ledger/``
+        files; returns how many left. Several workers may run it at once (index.py)."""
+        await self._ready()
+        await self._refresh()
+        now = datetime.now(UTC)
+        cutoff = now - timedelta(seconds=self.config.ledger_compact_after_seconds)
+        grace = timedelta(seconds=self.config.pending_grace_seconds)
+        due = sorted((e for e in self._entries.values() if e.created_at <= cutoff),
+                     key=lambda e: e.key)[:COMPACT_BATCHES]  # fmt: skip
+        settled = []
+        for entry in due:
+            if entry.state == PENDING:
+                if now - entry.created_at < grace:
+                    continue  # its writer may still be at work
+                entry = await self._resolve(entry)
+            settled.append(entry)
+        # Sorted by key, so a hub id in two sent batches keeps the later one, as in memory.
+        refs = {h: e.external_id(h) for e in settled if e.state == SENT for h in e.rows}
+        await self.index.add(refs)  # every row findable there before any ledger file goes
+        removed = 0
+        for entry in settled:
+            if await self._unchanged(entry):
+                await self.drop.remove(LEDGER, entry.key)
+                self._forget(entry.key)
+                removed += 1
+        if removed:  # a dict keeps its largest table after deletes: copy to give it back
+            self._entries, self._by_hub = dict(self._entries), dict(self._by_hub)
+        return removed
+
+    async def _unchanged(self, entry: LedgerEntry) -> bool:
+        """The ledger file still says what was folded. A writer slower than the grace can
+        turn `abandoned` into `sent` (decision 0006): then it stays, and is folded later."""
+        data = await self.drop.read(LEDGER, entry.key)
+        if data is None:
+            return True  # another worker's compaction removed it
+        try:
+            current = LedgerEntry.loads(data)
+        except (ValueError, KeyError):
+            return False
+        if current.state == entry.state:
+            return True
+        self._remember(current)
+        return False
+
+    async def _maintain(self) -> None:
+        """Compaction from polls, at most every ``maintenance_every_seconds`` per process:
+        the hub polls every department on a schedule, so no other scheduler is needed."""
+        if time.monotonic() - self._maintained_at < self.config.maintenance_every_seconds:
+            return
+        self._maintained_at = time.monotonic()
+        try:
+            removed = await self.compact()
+        except DeliveryError as error:  # the poll's events matter more; next run retries
+            log.warning("%s: ledger compaction failed: %s", self.department, error)
+            return
+        if removed:
+            log.info("%s: %d ledger entries folded into %s/", self.department, removed, INDEX)
+
+    def footprint(self) -> dict[str, int]:
+        """What this process holds in memory, each part bounded (decision 0009)."""
+        return {
+            "ledger_entries": len(self._entries),
+            "ledger_hub_ids": len(self._by_hub),
+            "known_refs": len(self._refs),
+            "parsed_files": len(self._parsed),
+            "parsed_rows": self._parsed_rows,
+            "index_rows_cached": self.index.cached_rows,
+        }
+
     # -- inbound: triage, then events ------------------------------------------------
 
     async def poll_changes(self, since: datetime) -> FileStatusPage:
         await self._ready()
+        await self._file_flat_archive()
         notes = await self.triage()
         await self._refresh()
-        stamps = []
+        await self._maintain()
+        self._drop_parsed_before(since)
+        rows, last, more = await self._page(since)
+        await self._learn(event.hub_reference for event in rows if event.hub_reference)
         events: dict[str, DepartmentEvent] = {}
-        for name in await self.drop.list(ARCHIVE):
-            stamp = _stamp_of(name)
-            if stamp is None or stamp < since:
-                continue
-            rows = await self._archived_rows(name)
-            if rows is None:
-                continue  # checked at triage; a later edit is skipped
-            for contractor_ref, event in rows:
-                external_id = self._external_id(event.hub_reference or "", contractor_ref)
-                if external_id != event.external_id:  # the ledger learned it since
-                    event = event.model_copy(update={"external_id": external_id})
-                events[event.external_event_id] = event
-            stamps.append(stamp)
+        for event in rows:
+            known = self._known_external(event.hub_reference or "")
+            if known is not None and known != event.external_id:  # learned since parsing
+                event = event.model_copy(update={"external_id": known})
+            events[event.external_event_id] = event
         ordered = sorted(events.values(), key=lambda e: (e.sequence or "", e.external_event_id))
+        self._note_closures(ordered)
         return FileStatusPage(
-            events=ordered, next_watermark=max(stamps, default=since), rejected=notes
+            events=ordered, next_watermark=last or since, more=more, rejected=notes
         )
 
-    async def _archived_rows(self, name: str) -> list[_Row] | None:
+    async def _page(self, since: datetime) -> tuple[list[DepartmentEvent], datetime | None, bool]:
+        """Rows of the files archived at or after `since`, oldest first, up to about
+        ``poll_page_rows`` (a page ends between two archive times, past `since`, so the
+        next page — from the last time, inclusive — always moves on)."""
+        rows: list[DepartmentEvent] = []
+        last: datetime | None = None
+        async with contextlib.aclosing(self._archived_since(since)) as names:
+            async for name, stamp in names:
+                full = len(rows) >= self.config.poll_page_rows
+                if full and last is not None and since < last < stamp:
+                    return rows, last, True
+                parsed = await self._archived_rows(name)
+                if parsed is None:
+                    continue  # checked at triage; a later edit is skipped
+                rows.extend(parsed)
+                last = stamp
+        return rows, last, False
+
+    async def _archived_since(self, since: datetime) -> AsyncIterator[tuple[str, datetime]]:
+        """Archive names taken at or after `since`, oldest first: only the day folders from
+        since's day on are listed, however long the archive has grown."""
+        for folder in await self._day_folders(since.astimezone(UTC).date()):
+            for name in await self.drop.list(folder):
+                stamp = _stamp_of(name)
+                if stamp is not None and stamp >= since:
+                    yield name, stamp
+
+    async def _day_folders(self, first: date) -> list[str]:
+        last = datetime.now(UTC).date() + timedelta(days=1)  # a worker whose clock is ahead
+        if first > last:
+            return []
+        if (last - first).days <= DAYS_LISTED_ONE_BY_ONE:
+            days = (first + timedelta(days=n) for n in range((last - first).days + 1))
+            return [nested(ARCHIVE, f"{day:%Y%m%d}") for day in days]
+        start = f"{first:%Y%m%d}"  # a long way back (reconciliation): the folders that exist
+        existing = await self.drop.subfolders(ARCHIVE)
+        return [nested(ARCHIVE, d) for d in existing if NESTED[ARCHIVE].match(d) and d >= start]
+
+    async def _archived_rows(self, name: str) -> list[DepartmentEvent] | None:
         """The events of an archived file, parsed once per process: archive names carry
         the content's digest and are never rewritten, while overlapping polls (and the
         contractor's overlapping windows) would otherwise parse each file again and
@@ -407,7 +601,7 @@ class SanitationAdapter(Adapter):
         if name in self._parsed:
             self._parsed.move_to_end(name)
             return self._parsed[name]
-        data = await self.drop.read(ARCHIVE, name)
+        data = await self.drop.read(_day_folder(name), name)
         try:
             rows = self._rows_of(data or b"")
         except BadFile:
@@ -415,24 +609,95 @@ class SanitationAdapter(Adapter):
         self._keep_parsed(name, rows)
         return rows
 
-    def _keep_parsed(self, name: str, rows: list[_Row] | None) -> None:
+    def _keep_parsed(self, name: str, rows: list[DepartmentEvent] | None) -> None:
         self._parsed[name] = rows
         self._parsed_rows += len(rows or ())
         while self._parsed_rows > PARSED_ROWS_KEPT and len(self._parsed) > 1:
             _, dropped = self._parsed.popitem(last=False)
             self._parsed_rows -= len(dropped or ())
 
+    def _drop_parsed_before(self, since: datetime) -> None:
+        """Files taken before `since` are not read by this poll, nor by the next status
+        poll (its watermark only moves on): only a reconciliation reads that far back."""
+        for name in [n for n in self._parsed if (_stamp_of(n) or since) < since]:
+            self._parsed_rows -= len(self._parsed.pop(name) or ())
+
+    async def _learn(self, hub_ids: Iterable[str]) -> None:
+        """Know the external id of each hub id on the page — index/ is read once per
+        bucket for the ids this process does not hold — and mark each one used."""
+        wanted = set(hub_ids)
+        missing = [h for h in wanted if h not in self._refs and self._known_external(h) is None]
+        settled = await self.index.lookup(missing) if missing else {}
+        now = time.monotonic()
+        for hub_id in wanted:
+            ref = self._refs.get(hub_id)
+            if ref is None:
+                known = self._known_external(hub_id) or settled.get(hub_id)
+                ref = self._refs[hub_id] = _Ref(known)
+            ref.touched = now
+            self._refs.move_to_end(hub_id)
+
+    def _note_closures(self, events: list[DepartmentEvent]) -> None:
+        """The latest row of a hub id says whether its work order is closed. Closed ones
+        that no file named for ``closed_idle_seconds`` are forgotten (the contractor's
+        windows stop repeating them), and beyond ``known_refs_max`` the least used."""
+        for event in events:  # in sequence order: a case's last row wins
+            ref = self._refs.get(event.hub_reference or "")
+            if ref is not None:
+                ref.closed = self._rank(event.raw_code) == _CLOSED
+        size = len(self._refs)
+        idle_before = time.monotonic() - self.config.closed_idle_seconds
+        for hub_id, ref in list(self._refs.items()):  # least recently used first
+            if ref.touched > idle_before:
+                break
+            if ref.closed:
+                del self._refs[hub_id]
+        while len(self._refs) > self.config.known_refs_max:
+            self._refs.popitem(last=False)
+        if size - len(self._refs) > max(1024, len(self._refs)):  # give the table back
+            self._refs = OrderedDict(self._refs)
+
     async def triage(self) -> list[QuarantineNote]:
         """Move every finished inbound file to archive/ or quarantine/ (with a reason)."""
-        archived = {_digest_of(n): n for n in await self.drop.list(ARCHIVE)}
+        names = [n for n in await self.drop.list(INBOUND) if not n.startswith(".")]
+        if not names:  # dot-names are still being uploaded
+            return []
+        archived = await self._recent_archive()
         notes = []
-        for name in await self.drop.list(INBOUND):
-            if name.startswith("."):
-                continue  # still being uploaded (dot-name convention)
+        for name in names:
             note = await self._triage_one(name, archived)
             if note is not None:
                 notes.append(note)
         return notes
+
+    async def _recent_archive(self) -> dict[str | None, str]:
+        """Digest → archive name, over the last ``duplicate_window_days`` UTC days. An
+        older file sent again is archived again: its rows are events the hub already
+        holds (same external_event_id), so nothing applies twice."""
+        today = datetime.now(UTC).date()
+        archived: dict[str | None, str] = {}
+        for back in range(self.config.duplicate_window_days):
+            folder = nested(ARCHIVE, f"{today - timedelta(days=back):%Y%m%d}")
+            archived.update({_digest_of(n): n for n in await self.drop.list(folder)})
+        return archived
+
+    async def _file_flat_archive(self) -> None:
+        """Archives of adapter versions before day folders lie flat in archive/: move each
+        to its day folder once (same name and bytes), so no poll lists them again."""
+        if self._archive_flat_checked:
+            return
+        for name in await self.drop.list(ARCHIVE):
+            if _stamp_of(name) is not None:
+                await self._make(_day_folder(name))
+                await self.drop.move(ARCHIVE, name, _day_folder(name), name)
+        self._archive_flat_checked = True
+
+    async def _make(self, folder: str) -> None:
+        if folder not in self._made:
+            await self.drop.ensure_folder(folder)
+            if len(self._made) >= 64:  # day folders: only the last few are written to
+                self._made.clear()
+            self._made.add(folder)
 
     async def _triage_one(
         self, name: str, archived: dict[str | None, str]
@@ -460,7 +725,8 @@ class SanitationAdapter(Adapter):
         except BadFile as bad:
             return await self._quarantine(name, name, stamp, data, "bad_file", bad.reason)
         archive_name = f"{stamp}_{digest[:16]}_{name}"
-        await self.drop.move(INBOUND, name, ARCHIVE, archive_name)
+        await self._make(_day_folder(archive_name))
+        await self.drop.move(INBOUND, name, _day_folder(archive_name), archive_name)
         archived[digest[:16]] = archive_name
         self._keep_parsed(archive_name, rows)  # the poll that follows reads it at once
         return None
@@ -495,19 +761,15 @@ class SanitationAdapter(Adapter):
 
     def events_of(self, data: bytes) -> list[DepartmentEvent]:
         """Every row of an ack/status file as an event; BadFile if any row is bad."""
-        return [event for _, event in self._rows_of(data)]
+        return self._rows_of(data)
 
-    def _rows_of(self, data: bytes) -> list[_Row]:
+    def _rows_of(self, data: bytes) -> list[DepartmentEvent]:
         layout = self._layout("status_updates")
-        return [
-            (row.get("external_id") or None, self._event(row, layout))
-            for row in parse_status_file(data, layout)
-        ]
+        return [self._event(row, layout) for row in parse_status_file(data, layout)]
 
     def _external_id(self, hub_id: str, contractor_ref: str | None) -> str:
         """The ledger's id once this process knows the batch; else the contractor's."""
-        known = self._known(hub_id)
-        return known.external_id(hub_id) if known else contractor_ref or hub_id
+        return self._known_external(hub_id) or contractor_ref or hub_id
 
     def _event(self, row: StatusRow, layout: CsvLayout) -> DepartmentEvent:
         hub_id, code = row.get("reference"), row.get("status")
@@ -544,7 +806,9 @@ class SanitationAdapter(Adapter):
             return 0
         if mapped is None:
             return 0
-        return 3 if mapped.status.is_final else 2 if mapped.status is CaseStatus.ONSITE else 1
+        if mapped.status.is_final:
+            return _CLOSED
+        return 2 if mapped.status is CaseStatus.ONSITE else 1
 
 
 def _make_drop(config: SanitationConfig) -> DropLocation:
@@ -574,6 +838,11 @@ def _stamp_of(name: str) -> datetime | None:
         return datetime.strptime(name.split("_", 1)[0], STAMP).replace(tzinfo=UTC)
     except ValueError:
         return None
+
+
+def _day_folder(archive_name: str) -> str:
+    """``archive/<yyyymmdd>``: the UTC day the hub took the file (its name's prefix)."""
+    return nested(ARCHIVE, archive_name[:8])
 
 
 def _digest_of(name: str) -> str | None:

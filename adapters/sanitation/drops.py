@@ -2,7 +2,8 @@
 
 Both implement :class:`DropLocation`. File names are never trusted as paths: every name
 is checked by :func:`safe_name` (one path component, no traversal, no control
-characters) before it is joined to a folder, and folders are a fixed set.
+characters) before it is joined to a folder, and folders are a fixed set (plus the day
+folders of ``archive/`` and the bucket folders of ``index/``, by pattern: files.NESTED).
 
 ``write_atomic`` is the only way a file appears: temporary dot-name ``.<name>.<rand>.part``
 (contractors pick ``*.csv``; dot-files are in progress), fsync, rename to the final name,
@@ -15,13 +16,14 @@ import asyncio
 import contextlib
 import os
 import re
+import stat
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 
 from hub.adapters import AuthFailed, Transient
 
-from .files import FOLDERS
+from .files import FOLDERS, nested
 
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._\-]{0,199}$")
 
@@ -37,9 +39,13 @@ def safe_name(name: str) -> str:
 
 
 def _folder(folder: str) -> str:
-    if folder not in FOLDERS:
-        raise UnsafeName(f"unknown drop folder {folder!r}")
-    return folder
+    if folder in FOLDERS:
+        return folder
+    parent, _, child = folder.partition("/")
+    try:
+        return nested(parent, child)
+    except ValueError:
+        raise UnsafeName(f"unknown drop folder {folder!r}") from None
 
 
 def part_name(name: str) -> str:
@@ -52,7 +58,10 @@ class DropLocation(Protocol):
     label: str
 
     async def ensure_folders(self) -> None: ...
+    async def ensure_folder(self, folder: str) -> None: ...
     async def list(self, folder: str) -> list[str]: ...
+    async def subfolders(self, folder: str) -> list[str]: ...
+    async def exists(self, folder: str, name: str) -> bool: ...
     async def read(self, folder: str, name: str) -> bytes | None: ...
     async def write_atomic(self, folder: str, name: str, data: bytes) -> None: ...
     async def move(self, folder: str, name: str, to_folder: str, to_name: str) -> None: ...
@@ -81,16 +90,36 @@ class LocalDirectory:
         for folder in FOLDERS:
             (self.root / folder).mkdir(parents=True, exist_ok=True)
 
-    async def list(self, folder: str) -> list[str]:
-        return await asyncio.to_thread(self._list, folder)
-
-    def _list(self, folder: str) -> list[str]:
+    async def ensure_folder(self, folder: str) -> None:
+        path = self._path(folder)
         try:
-            return sorted(e.name for e in os.scandir(self._path(folder)) if e.is_file())
+            await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise Transient(f"{self.label}: cannot make {folder} ({exc.strerror})") from None
+
+    async def list(self, folder: str) -> list[str]:
+        return await asyncio.to_thread(self._list, folder, False)
+
+    async def subfolders(self, folder: str) -> list[str]:
+        return await asyncio.to_thread(self._list, folder, True)
+
+    def _list(self, folder: str, folders: bool) -> list[str]:
+        try:
+            with os.scandir(self._path(folder)) as entries:
+                return sorted(e.name for e in entries if (e.is_dir() if folders else e.is_file()))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise Transient(f"{self.label}: cannot list {folder} ({exc.strerror})") from None
+
+    async def exists(self, folder: str, name: str) -> bool:
+        return await asyncio.to_thread(self._exists, folder, name)
+
+    def _exists(self, folder: str, name: str) -> bool:
+        try:
+            return self._path(folder, name).is_file()
+        except OSError as exc:
+            raise Transient(f"{self.label}: cannot stat {name} ({exc.strerror})") from None
 
     async def read(self, folder: str, name: str) -> bytes | None:
         return await asyncio.to_thread(self._read, folder, name)
@@ -286,12 +315,32 @@ class Sftp:
                     continue
             await self._run(f"mkdir {folder}", lambda s, p=path: s.makedirs(p, exist_ok=True))
 
+    async def ensure_folder(self, folder: str) -> None:
+        path = self._path(folder)
+        await self._run(f"mkdir {folder}", lambda s: s.makedirs(path, exist_ok=True))
+
     async def list(self, folder: str) -> list[str]:
         try:
             names = await self._run(f"list {folder}", lambda s: s.listdir(self._path(folder)))
         except FileNotFoundError:
             return []
         return sorted(n for n in names if n not in (".", ".."))
+
+    async def subfolders(self, folder: str) -> list[str]:
+        path = self._path(folder)
+        try:
+            entries = await self._run(f"list {folder}", lambda s: s.readdir(path))
+        except FileNotFoundError:
+            return []
+        return sorted(
+            e.filename
+            for e in entries
+            if e.filename not in (".", "..") and stat.S_ISDIR(e.attrs.permissions or 0)
+        )
+
+    async def exists(self, folder: str, name: str) -> bool:
+        path = self._path(folder, name)
+        return bool(await self._run(f"stat {name}", lambda s: s.isfile(path)))
 
     async def read(self, folder: str, name: str) -> bytes | None:
         path = self._path(folder, name)

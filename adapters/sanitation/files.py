@@ -7,8 +7,10 @@ Drop folders (relative to the drop root, identical on a local directory and on S
 - ``outbound/``   hub → contractor: ``WO_<stamp>_<batch>.csv`` plus a ``.sha256`` sidecar;
 - ``taken/``      the contractor moves consumed batches here (never deletes them);
 - ``inbound/``    contractor → hub: ``ACK_*.csv`` and status files;
-- ``archive/`` and ``quarantine/``: inbound files after triage;
-- ``ledger/``     the hub's sent-ledger (one JSON per batch), shared by every worker.
+- ``archive/<yyyymmdd>/`` good inbound files after triage, one folder per UTC day taken;
+- ``quarantine/`` bad inbound files after triage, with a reason file;
+- ``ledger/``     the hub's sent-ledger (one JSON per batch), shared by every worker;
+- ``index/<bb>/`` the compacted ledger: settled batches' sent rows, bucketed by hub id.
 """
 
 from __future__ import annotations
@@ -26,8 +28,10 @@ from typing import Any
 from hub.mapping.schema import CsvLayout
 
 OUTBOUND, TAKEN, INBOUND = "outbound", "taken", "inbound"
-ARCHIVE, QUARANTINE, LEDGER = "archive", "quarantine", "ledger"
-FOLDERS = (OUTBOUND, TAKEN, INBOUND, ARCHIVE, QUARANTINE, LEDGER)
+ARCHIVE, QUARANTINE, LEDGER, INDEX = "archive", "quarantine", "ledger", "index"
+FOLDERS = (OUTBOUND, TAKEN, INBOUND, ARCHIVE, QUARANTINE, LEDGER, INDEX)
+# The only sub-folders: one per UTC day under archive/, one per hub-id bucket under index/.
+NESTED = {ARCHIVE: re.compile(r"^[0-9]{8}$"), INDEX: re.compile(r"^[0-9a-f]{2}$")}
 SIDECAR = ".sha256"
 PENDING, SENT, ABANDONED = "pending", "sent", "abandoned"
 QUOTING = {"all": csv.QUOTE_ALL, "minimal": csv.QUOTE_MINIMAL, "nonnumeric": csv.QUOTE_NONNUMERIC}
@@ -36,6 +40,19 @@ _PLACEHOLDER = re.compile(r"\{timestamp:([^}]*)\}")
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def nested(parent: str, child: str) -> str:
+    """``archive/20260203`` or ``index/a7``; ValueError for anything else."""
+    pattern = NESTED.get(parent)
+    if pattern is None or not pattern.match(child):
+        raise ValueError(f"no sub-folder {child!r} under {parent!r}")
+    return f"{parent}/{child}"
+
+
+def bucket_of(hub_id: str) -> str:
+    """The index bucket of a hub id: 256 buckets, uniform whatever the ids look like."""
+    return hashlib.sha256(hub_id.encode()).hexdigest()[:2]
 
 
 def batch_file_name(layout: CsvLayout, when: datetime, batch_id: str) -> str:

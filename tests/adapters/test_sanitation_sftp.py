@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import pytest
 
 from adapters.sanitation import SanitationAdapter
 from adapters.sanitation.drops import UnsafeName
+from adapters.sanitation.files import ARCHIVE, INDEX, LEDGER, TAKEN
 from hub.adapters import AuthFailed, OutboundWorkOrder, Transient, UnknownOutcome
 from hub.testing.harness import REPO_MAPPINGS
 from hub.testing.simulators.sanitation import (
@@ -102,3 +104,23 @@ async def test_remote_names_are_never_paths(sim) -> None:
     with pytest.raises(UnsafeName):
         await adapter.drop.read("../", "x")
     await adapter.aclose()
+
+
+async def test_day_folders_compaction_and_index_lookups_over_sftp(sim) -> None:
+    adapter = SanitationAdapter.from_settings(settings(sim, ledger_compact_after_seconds=0))
+    ref = await adapter.create(order("h-5"))
+    batch = ref.external_id.partition("#")[0] + ".csv"
+    sim.advance(1, close=True)  # takes the batch (to taken/), acknowledges, closes the job
+    assert await adapter.drop.exists(TAKEN, batch)
+    assert not await adapter.drop.exists(TAKEN, "WO_never.csv")
+    # 100 days back: the archive's existing day folders are listed (readdir), not each day.
+    page = await adapter.poll_changes(datetime.now(UTC) - timedelta(days=100))
+    assert {e.raw_code for e in page.events if e.external_id == ref.external_id} >= {"ACK"}
+    assert await adapter.drop.subfolders(ARCHIVE) == [f"{datetime.now(UTC):%Y%m%d}"]
+    assert await adapter.drop.list(LEDGER) == []  # the poll's maintenance folded it
+    assert len(await adapter.drop.subfolders(INDEX)) == 1
+    fresh = SanitationAdapter.from_settings(settings(sim))
+    assert await fresh.find_by_reference("h-5") == ref
+    assert await fresh.find_by_reference("h-6") is None
+    await adapter.aclose()
+    await fresh.aclose()

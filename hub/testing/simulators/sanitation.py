@@ -45,7 +45,7 @@ from starlette.routing import BaseRoute
 
 from hub.testing.simulators.base import HTML_ERROR_PAGE, BaseSimulator, Fault, FaultProfile
 
-FOLDERS = ("outbound", "taken", "inbound", "archive", "quarantine", "ledger")
+FOLDERS = ("outbound", "taken", "inbound", "archive", "quarantine", "ledger", "index")
 STATUS_COLUMNS = ["CaseRef", "ContractorRef", "Status", "ReasonCode", "CompletedAt", "Crew",
                   "Notes", "PhotoUrl"]  # fmt: skip
 DONE_BY_TYPE = {"MT": "COLLECTED", "MR": "COLLECTED", "BK": "COLLECTED", "CR": "DELIVERED",
@@ -127,7 +127,7 @@ class SanitationSimulator(BaseSimulator):
         with self.lock:
             self.records: dict[str, dict[str, Any]] = {}
             self.create_calls: Counter[str] = Counter()
-            self.rows: list[dict[str, str]] = []  # every status row, for the windows
+            self.rows: list[dict[str, str]] = []  # status rows of the current window
             self.files: Counter[str] = Counter()
             self.held: list[tuple[float, str, bytes]] = []  # late files: (due, name, bytes)
             self.next_ref = 560250  # zero-padded like Symology's CRNo 00560250
@@ -246,7 +246,9 @@ class SanitationSimulator(BaseSimulator):
     def _write_window(self) -> None:
         """An overlapping window: every row of the last `window` minutes (capped)."""
         horizon = time.time() - self.window.total_seconds()
-        recent = [r for r in self.rows if float(r["_at"]) >= horizon][-2000:]
+        # Older rows are never written again: drop them, or a long demo grows forever.
+        self.rows = [r for r in self.rows if float(r["_at"]) >= horizon]
+        recent = self.rows[-2000:]
         stamp = datetime.now(self.zone).strftime("%Y%m%d_%H%M%S%f")
         self._emit(f"COMPLETIONS_{stamp}.csv", recent)
 
