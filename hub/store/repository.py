@@ -245,9 +245,11 @@ class CaseRepository:
         return _insert_many(self.connection, t.cases, rows, t.cases.c.hub_id)
 
     def get(self, hub_id: str) -> Case | None:
-        row = self.connection.execute(
-            select(*self._COLUMNS).where(t.cases.c.hub_id == hub_id)
-        ).first()
+        stmt = _statement(
+            ("cases.get",),
+            lambda: select(*self._COLUMNS).where(t.cases.c.hub_id == bindparam("b_hub_id")),
+        )
+        row = self.connection.execute(stmt, {"b_hub_id": hub_id}).first()
         return self._case(row) if row else None
 
     def get_many(self, hub_ids: Sequence[str]) -> dict[str, Case]:
@@ -279,11 +281,18 @@ class CaseRepository:
     def save(self, case: Case, *, expected_version: int) -> None:
         """Write a changed case; raise StaleCase if it moved on since `expected_version`."""
         row = self._row(case)
-        result = self.connection.execute(
-            update(t.cases)
-            .where(t.cases.c.hub_id == case.hub_id, t.cases.c.version == expected_version)
-            .values(**{k: v for k, v in row.items() if k != "hub_id"})
+        c = t.cases.c
+        stmt = _statement(  # built once: status sync saves a case per event
+            ("cases.save", tuple(row)),
+            lambda: (
+                update(t.cases)
+                .where(c.hub_id == bindparam("b_hub_id"), c.version == bindparam("b_expected"))
+                .values({name: bindparam(f"v_{name}") for name in row if name != "hub_id"})
+            ),
         )
+        params = {f"v_{name}": value for name, value in row.items() if name != "hub_id"}
+        params.update(b_hub_id=case.hub_id, b_expected=expected_version)
+        result = self.connection.execute(stmt, params)
         if result.rowcount != 1:
             raise StaleCase(f"case {case.hub_id} changed since version {expected_version}")
 
@@ -1112,8 +1121,16 @@ class StatusUpdateRepository:
 
     def add(self, **values: Any) -> int:
         values.setdefault("at", utcnow())
-        stmt = t.status_updates.insert().values(**values).returning(t.status_updates.c.id)
-        return self.connection.execute(stmt).scalar_one()
+        stmt = _statement(  # built once per set of columns: status sync adds one per event
+            ("status_updates.add", tuple(sorted(values))),
+            lambda: (
+                t.status_updates.insert()
+                .values({name: bindparam(f"v_{name}") for name in values})
+                .returning(t.status_updates.c.id)
+            ),
+        )
+        params = {f"v_{name}": value for name, value in values.items()}
+        return self.connection.execute(stmt, params).scalar_one()
 
     def add_many(self, rows: list[dict[str, Any]]) -> None:
         """Rows must share their keys."""
