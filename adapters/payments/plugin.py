@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ from hub.model import (
     EventLevel,
     PeriodicJob,
     StatusEvent,
+    WorkOrder,
     utcnow,
 )
 from hub.services import holds
@@ -436,8 +438,8 @@ def payments_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
         "awaiting_payment": [],
     }
     with holds.case_session(hub) as session:
-        for case in _fee_cases(session, fee_codes):
-            _check(session, case, adapter.department, found, heal)
+        for case, orders, ops in _fee_cases(session, fee_codes):
+            _check(session, case, orders, ops, adapter.department, found, heal)
         session.commit()
     return {
         "configured": True,
@@ -447,18 +449,37 @@ def payments_report(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
     }
 
 
-def _fee_cases(session: CaseSession, codes: list[str]) -> list[Case]:
+def _fee_cases(
+    session: CaseSession, codes: list[str]
+) -> Iterator[tuple[Case, list[WorkOrder], set[str]]]:
+    """The fee cases, each with its work orders and the operations queued for it. Read
+    set-wise, a chunk of ``BATCH_IDS`` cases at a time: three statements per chunk, not two
+    per case (the heal runs every few minutes over every fee case), and memory bounded by
+    the chunk. Reading a chunk before healing its cases changes nothing: a heal writes
+    only its own case's rows, read before it."""
     if not codes:
-        return []
-    return list(session.cases(session.case_ids_for_services(codes)).values())
+        return
+    case_ids = session.case_ids_for_services(codes)
+    for start in range(0, len(case_ids), holds.BATCH_IDS):
+        cases = session.cases(case_ids[start : start + holds.BATCH_IDS])
+        orders = session.work_orders_for(list(cases))
+        deliveries = session.deliveries_for(list(cases))
+        for case_id, case in cases.items():
+            yield case, orders[case_id], {i.operation for i in deliveries[case_id]}
 
 
-def _check(session: CaseSession, case: Case, dept: str, found: dict, heal: bool) -> None:
+def _check(
+    session: CaseSession,
+    case: Case,
+    orders: list[WorkOrder],
+    ops: set[str],
+    dept: str,
+    found: dict,
+    heal: bool,
+) -> None:
     status = case.attributes.get(STATUS)
-    orders = session.work_orders(case.hub_id)
     delivered = any(o.delivery_state == DeliveryState.DELIVERED for o in orders)
     waiting = any(o.delivery_state in (DeliveryState.HELD, DeliveryState.PENDING) for o in orders)
-    ops = {i.operation for i in session.deliveries(case.hub_id)}
     cancelled = case.status is CaseStatus.CANCELLED
     if status is None:
         return  # not gated (payments were not configured when it came in)
