@@ -79,12 +79,13 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
         rate_limit_per_second=args.rate,
     )
     simulator = PublicWorksSimulator(faults={"error_5xx": 1.0})  # the outage
-    log = RequestLog(simulator.app)
+    log = RequestLog(simulator.app)  # create calls: the rate
+    every = RequestLog(log, suffixes=("",))  # every request: what the outage saw
     with (
         simulated_city(
             directory, database_url=url, delivery=policy, gis=False, payments=False
         ) as city,
-        SimulatorServer(log) as server,
+        SimulatorServer(every) as server,
     ):
         city.servers = {"publicworks": server}
         hub = city.hub()
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
         pool.start_all(args.workers)
         try:
             time.sleep(args.outage_seconds)
-            outage_calls = len(log.stamps)
+            outage_calls, outage_creates = len(every.stamps), len(log.stamps)
             simulator.set_faults(
                 {"rate_limit_429": args.rate_limit_share, "retry_after_seconds": 1, "seed": 3}
             )
@@ -129,7 +130,8 @@ def run(args: argparse.Namespace, directory: Path, url: str) -> dict[str, Any]:
         "rate_limit_per_second": args.rate,
         "intake_seconds": round(intake_s, 1),
         "outage_seconds": args.outage_seconds,
-        "calls_during_outage": outage_calls,
+        "calls_during_outage": outage_calls,  # any endpoint (sign-in, lookups, creates)
+        "creates_during_outage": outage_creates,
         "drain_seconds": round(drain_s, 1),
         "delivered": done,
         "dead_lettered": dead,
