@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -191,6 +191,10 @@ class DepartmentMapping:
 
     # ---------------------------------------------------------------- payload
 
+    def local_to_utc(self, value: datetime) -> datetime:
+        """A department time (naive: wall time in the mapping's zone) in UTC."""
+        return local_to_utc(value, self.local_timezone)
+
     def build_payload(self, case: Case) -> dict[str, Any]:
         """The department payload for a case; empty optional fields are left out."""
         payload: dict[str, Any] = {}
@@ -269,6 +273,40 @@ def _datetime(value: datetime, planned: _Field) -> str:
     value = value.astimezone(planned.zone)
     fmt = planned.spec.format
     return value.strftime(fmt) if fmt else value.isoformat()
+
+
+# ------------------------------------------------------------------ department wall time
+
+
+def local_to_utc(value: datetime, zone: tzinfo) -> datetime:
+    """A department time in UTC; a naive one is wall time in `zone`.
+
+    Wall time is not always one instant, and the reading here is fixed (fold=0) so that
+    every path (adapters, webhooks) gives the same answer:
+
+    - fall-back repeats an hour (01:00-01:59 twice in New York): the first occurrence
+      (daylight time) is taken; :func:`wall_readings` gives the other one to whoever
+      must order events (status sync);
+    - spring-forward skips an hour (02:30 never happens): it is read with the offset in
+      force before the change, as a clock not yet set forward would mean it, so 02:30
+      EST is 07:30Z (03:30 EDT). Nothing raises.
+    """
+    aware = value.replace(tzinfo=zone, fold=0) if value.tzinfo is None else value
+    return aware.astimezone(UTC)
+
+
+def wall_readings(instant: datetime, zone: tzinfo) -> tuple[datetime, datetime]:
+    """The two UTC instants the `zone` wall time of `instant` can stand for, earliest
+    first: equal except inside a fall-back's repeated hour, where 01:40 in New York is
+    05:40Z (EDT) or 06:40Z (EST) whichever of the two `instant` is."""
+    wall = instant.astimezone(zone)
+    other = wall.replace(fold=1 - wall.fold)
+    shift = (wall.utcoffset() or timedelta()) - (other.utcoffset() or timedelta())
+    if not shift:  # the common case, cheaply: status sync asks for every event
+        return instant, instant
+    # The same wall time with the other offset; a UTC instant never lands in a
+    # spring-forward gap, so this is fall-back's other occurrence.
+    return min(instant, instant + shift), max(instant, instant + shift)
 
 
 def _parse_datetime(text: str) -> datetime | str:

@@ -8,7 +8,8 @@ order and inside one transaction:
 2. finds the work order by the department's id, else by the hub reference it carries; a
    record the hub does not link is an orphan (recorded, left for reconciliation);
 3. drops events older than the last one applied to that work order (out of order) and,
-   at an equal sequence (a department clock in whole seconds), those the lifecycle puts
+   at an equal sequence (a department clock in whole seconds) or one inside a repeated
+   fall-back hour (naive wall time, see :func:`compare`), those the lifecycle puts
    before it: a crew's Dispatch never undoes its Closed of the same second;
 4. maps the raw code through the department's total mapping: an unknown code is an
    alert on the case timeline and an ``unmapped`` row, never a default;
@@ -36,6 +37,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import Enum
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,6 +46,7 @@ from sqlalchemy.exc import DBAPIError
 
 from hub.adapters import Capability, DepartmentEvent, RejectedInput
 from hub.mapping import DepartmentMapping, StatusMapping, UnmappedStatus
+from hub.mapping.engine import wall_readings
 from hub.model import (
     Attachment,
     Case,
@@ -70,6 +74,8 @@ POLL, PUSH, FILE, RECONCILE = "poll", "push", "file", "reconcile"
 # inbound_events.outcome values (duplicates never get a row of their own).
 APPLIED, NO_OP, REFUSED = "applied", "no_op", "refused"
 UNMAPPED, IGNORED, ORPHAN, STALE, DUPLICATE = "unmapped", "ignored", "orphan", "stale", "duplicate"
+AMBIGUOUS_TIME = "status_time_ambiguous"  # timeline kind: ordered in a repeated hour
+TIME_SEQUENCE = "%Y-%m-%dT%H:%M:%S.%fZ"  # sequence_of's form of a UTC time
 APPLY_ATTEMPTS = 3  # a concurrent writer (webhook vs poll) makes us re-read and retry
 LOCK_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serialization_failure
 
@@ -115,7 +121,79 @@ class SyncResult:
 
 def sequence_of(event: StatusEvent) -> str:
     """The event's place in department order: its own sequence, else its UTC time."""
-    return event.sequence or event.occurred_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return event.sequence or event.occurred_at.astimezone(UTC).strftime(TIME_SEQUENCE)
+
+
+# Fall-back (DST end) repeats an hour of wall time: a department that stamps naive local
+# time (Cityworks) says 01:40 for 05:40Z and for 06:40Z, and adapters read the first.
+# A sequence that is only such a time cannot order two events of that hour, so:
+#
+# - a time-derived sequence stands for every instant its wall time can mean (both
+#   readings), except readings after the hub's clock: before the hour has repeated, or
+#   for a reading still in the future, there is nothing to doubt;
+# - an event whose readings all come before the work order's last sequence's is stale,
+#   all after is newer, as ever; overlapping readings are undecided, and decided like an
+#   equal timestamp: by the lifecycle (the department's own order of a crew's steps), so
+#   a closure stamped 01:40 EST after a 01:50 EDT dispatch is applied, a late copy of
+#   the dispatch never undoes it, and nothing is dropped for the ambiguity alone;
+# - such a decision is noted on the case timeline (``status_time_ambiguous``).
+#
+# A department that sends a sequence of its own (a modification counter) is ordered by
+# it and never doubted; outside a repeated hour the readings are one instant and this
+# is the plain comparison.
+
+
+class Order(Enum):
+    OLDER = "older"
+    NEWER = "newer"
+    TIE = "tie"  # the same sequence: a clock in whole seconds
+    UNDECIDED = "undecided"  # readings overlap inside a repeated hour
+
+
+def readings(sequence: str, zone: ZoneInfo, now: datetime) -> tuple[str, str]:
+    """The earliest and latest sequence a time-derived `sequence` can stand for (itself
+    twice when it is a department counter or an unambiguous time)."""
+    if len(sequence) != 27 or not sequence.endswith("Z"):  # not TIME_SEQUENCE's form
+        return sequence, sequence
+    if not _hour_may_repeat(sequence[:13], zone):  # nearly always: one reading
+        return sequence, sequence
+    try:
+        instant = datetime.fromisoformat(sequence[:-1]).replace(tzinfo=UTC)
+    except ValueError:
+        return sequence, sequence
+    possible = [r for r in wall_readings(instant, zone) if r <= now] or [instant]
+    first, last = min(possible[0], instant), max(possible[-1], instant)
+    return first.strftime(TIME_SEQUENCE), last.strftime(TIME_SEQUENCE)
+
+
+@lru_cache(maxsize=1024)
+def _hour_may_repeat(hour: str, zone: ZoneInfo) -> bool:
+    """Whether any wall time of the UTC `hour` ("2026-11-01T05") may repeat: an end of
+    it in a repeated span, or an offset change within it. Cached, as status sync asks
+    for every event and the answer is nearly always no."""
+    try:
+        start = datetime.fromisoformat(hour).replace(tzinfo=UTC)
+    except ValueError:
+        return False
+    end = start + timedelta(hours=1) - timedelta(microseconds=1)
+    if start.astimezone(zone).utcoffset() != end.astimezone(zone).utcoffset():
+        return True
+    return any(len(set(wall_readings(edge, zone))) > 1 for edge in (start, end))
+
+
+def compare(sequence: str, last: str | None, zone: ZoneInfo, now: datetime) -> Order:
+    """Where an event of `sequence` stands against the work order's `last` sequence."""
+    if not last:
+        return Order.NEWER
+    if sequence == last:
+        return Order.TIE
+    low, high = readings(sequence, zone, now)
+    last_low, last_high = readings(last, zone, now)
+    if high < last_low:
+        return Order.OLDER
+    if low > last_high:
+        return Order.NEWER
+    return Order.UNDECIDED
 
 
 def tie_follows(meaning: StatusMapping | None) -> frozenset[str]:
@@ -149,7 +227,14 @@ def poll_since(watermark: datetime, *, overlap: float, zone: ZoneInfo, now: date
         (now.astimezone(zone).utcoffset() or timedelta())
         - (since.astimezone(zone).utcoffset() or timedelta())
     )
-    return since - shift
+    since -= shift
+    first, second = wall_readings(since, zone)
+    if since == second != first:
+        # Inside the second occurrence of a repeated hour (a page end in UTC, an aware
+        # department time): a naive local query from here would skip that hour's earlier
+        # minutes, stamped before it. Start before the whole repeated hour instead.
+        since = first - (second - first)
+    return since
 
 
 class StatusSync:
@@ -334,7 +419,9 @@ class StatusSync:
         if order is None:
             return _settle_inbound(uow, row_id, ORPHAN)
         sequence = sequence_of(event)
-        if order.last_sequence and sequence < order.last_sequence:
+        zone = mapping.local_timezone
+        standing = compare(sequence, order.last_sequence, zone, self.clock())
+        if standing is Order.OLDER:
             return _settle_inbound(uow, row_id, STALE, order.case_id)
         try:
             meaning = mapping.map_status_in(event.raw_code)
@@ -342,7 +429,13 @@ class StatusSync:
             uow.timeline.append(self._unmapped_event(order, event, source))
             return _settle_inbound(uow, row_id, UNMAPPED, order.case_id)
         follows = tie_follows(meaning)
-        if sequence == order.last_sequence and not wins_tie(order, event.raw_code, follows):
+        wins = standing is Order.NEWER or wins_tie(order, event.raw_code, follows)
+        if standing is Order.UNDECIDED:
+            uow.timeline.append(self._ambiguous_event(order, event, source, zone, wins))
+            # Never below the recorded sequence: at most equal to it, where the guarded
+            # UPDATE makes the same lifecycle test (a concurrent sync cannot undo it).
+            sequence = max(sequence, order.last_sequence or "")
+        if not wins:
             return _settle_inbound(uow, row_id, STALE, order.case_id)
         outcome = IGNORED
         if meaning is not None:
@@ -428,6 +521,31 @@ class StatusSync:
             },
         )
 
+    def _ambiguous_event(
+        self, order: WorkOrder, event: StatusEvent, source: str, zone: ZoneInfo, applied: bool
+    ) -> CaseEvent:
+        first, second = wall_readings(event.occurred_at, zone)
+        local = event.occurred_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+        verdict = "applied" if applied else "not applied (an earlier step)"
+        return CaseEvent(
+            case_id=order.case_id,
+            kind=AMBIGUOUS_TIME,
+            actor=self.actor,
+            source=source,
+            department=event.department,
+            message=f"department time {local} ({zone.key}) is in the hour the clocks went"
+            f" back: {event.raw_code!r} ordered by the lifecycle, {verdict}",
+            detail={
+                "raw_code": event.raw_code,
+                "external_event_id": event.external_event_id,
+                "local_time": local,
+                "timezone": zone.key,
+                "readings": [first.isoformat(), second.isoformat()],
+                "last_sequence": order.last_sequence,
+                "applied": applied,
+            },
+        )
+
     def _notify(self, notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]]) -> None:
         for case, old, new, event in notes:
             try:
@@ -491,7 +609,9 @@ __all__ = [
     "NotPollable",
     "StatusSync",
     "SyncResult",
+    "compare",
     "inbound_counts",
     "poll_since",
+    "readings",
     "sequence_of",
 ]

@@ -21,7 +21,9 @@ the hub's generic JSON shape is used (docs/status-sync.md)::
                  "evidence": [{"url": "https://…/photo.jpg", "content_type": "image/jpeg"}]}]}
 
 A single event object without the ``events`` wrapper is accepted too. A naive
-``occurred_at`` is wall time in the department's mapping time zone. Events are applied in
+``occurred_at`` is wall time in the department's mapping time zone (fall-back's repeated
+hour: the first occurrence, ordered by status sync; spring-forward's skipped hour: the
+offset before the change, so 02:30 is 03:30 daylight time). Events are applied in
 sequence order (``sequence``, else ``occurred_at``); events of one sequence, as a clock in
 whole seconds gives a crew's two steps, keep the order they are sent in.
 """
@@ -40,6 +42,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hub.adapters import Capability, DepartmentEvent
+from hub.mapping.engine import local_to_utc
 from hub.model import Attachment
 from hub.services.runtime import Hub
 from hub.services.sync import PUSH, StatusSync, SyncResult
@@ -127,9 +130,10 @@ class GenericEvent(BaseModel):
     evidence: list[GenericEvidence] = Field(default_factory=list)
 
     def to_event(self, department: str, zone: ZoneInfo) -> DepartmentEvent:
-        occurred = self.occurred_at
-        if occurred.tzinfo is None:  # department wall time
-            occurred = occurred.replace(tzinfo=zone)
+        # A naive time is department wall time, read as every path reads it (the first
+        # occurrence in a repeated hour, the pre-change offset in a skipped one); status
+        # sync orders the repeated hour's times itself (docs/status-sync.md).
+        occurred = local_to_utc(self.occurred_at, zone)
         return DepartmentEvent(
             department=department,
             external_event_id=self.event_id,
