@@ -32,15 +32,10 @@ import itertools
 import json
 import os
 import platform
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,16 +48,25 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from benchmarks._common import (  # noqa: E402
+    Store,
+    dispatch_all,
+    free_port,  # noqa: F401  (replay.py and scaleout.py import it from here)
+    routed_cases,
+    sim_admin,
+    sim_state,
+    simulator_process,
+    wait_until_answering,  # noqa: F401  (as free_port)
+)
+from benchmarks._common import hub_config as department_hub_config  # noqa: E402
 from hub.adapters import OutboundWorkOrder  # noqa: E402
-from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig  # noqa: E402
+from hub.config import HubConfig  # noqa: E402
 from hub.mapping import MappingSet, load_mappings  # noqa: E402
 from hub.model import Case  # noqa: E402
-from hub.services.dispatch import Dispatcher, digest  # noqa: E402
+from hub.services.dispatch import digest  # noqa: E402
 from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
 from hub.store.db import SQLITE_SYNCHRONOUS_ENV  # noqa: E402
-from hub.store.migrate import upgrade  # noqa: E402
-from hub.testing.generator import CaseGenerator  # noqa: E402
 from hub.testing.harness import PASSWORD_ENV, REPO_MAPPINGS  # noqa: E402
 from hub.testing.simulators.publicworks import DEFAULT_LOGIN, DEFAULT_PASSWORD  # noqa: E402
 from hub.transports.http import make_async_client  # noqa: E402
@@ -75,60 +79,6 @@ CLIENT_TIMEOUT = 60.0
 TARGET_RATIO = 0.6
 
 # --------------------------------------------------------------------------- simulator
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def simulator_process(log: Path) -> Iterator[str]:
-    """The public-works simulator in its own process (own event loop, own GIL); its output
-    (e.g. ClientDisconnect tracebacks when a client drops a connection) goes to `log`."""
-    port = free_port()
-    command = [sys.executable, "-m", "hub.cli", "simulate", DEPARTMENT, "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        try:
-            wait_until_answering(url, proc)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}; its output:\n{log.read_text()[-2000:]}") from exc
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def wait_until_answering(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulator exited with {proc.returncode}")
-        try:
-            httpx.get(f"{url}/__sim__/state", timeout=1).raise_for_status()
-            return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise RuntimeError(f"simulator at {url} did not answer within {timeout}s")
-
-
-def sim_admin(url: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = httpx.post(f"{url}/__sim__/{action}", json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
-def sim_state(url: str) -> dict[str, Any]:
-    response = httpx.get(f"{url}/__sim__/state", timeout=120)
-    response.raise_for_status()
-    return response.json()
 
 
 def authenticate(url: str) -> str:
@@ -144,12 +94,7 @@ def authenticate(url: str) -> str:
 
 def publicworks_cases(mappings: MappingSet, n: int, *, seed: int) -> list[Case]:
     """Generated cases that route to public works (the department simulated)."""
-    generated = CaseGenerator(mappings, seed=seed).generate(n * 20)
-    routed = (c for c in generated if (r := mappings.route(c)) and r.department == DEPARTMENT)
-    cases = list(itertools.islice(routed, n))
-    if len(cases) != n:
-        raise RuntimeError(f"only {len(cases)} of {n} generated cases route to {DEPARTMENT}")
-    return cases
+    return routed_cases(mappings, DEPARTMENT, n, seed=seed, oversample=20)
 
 
 def create_bodies(mappings: MappingSet, cases: list[Case], token: str) -> list[bytes]:
@@ -264,33 +209,13 @@ class HubRun:
 
 
 def hub_config(url: str, concurrency: int) -> HubConfig:
-    delivery = DeliveryPolicy(max_concurrency=concurrency)
-    worker = WorkerConfig(
-        concurrency=concurrency,
-        batch_size=min(max(concurrency, 1), 256),
-        idle_poll_seconds=0.05,
-    )
-    department = DepartmentConfig(
-        adapter=DEPARTMENT,
-        settings={
-            "base_url": url,
-            "login_name": DEFAULT_LOGIN,
-            "password": {"env": PASSWORD_ENV},
-            "timeout_seconds": CLIENT_TIMEOUT,
-        },
-        delivery=delivery,
-    )
-    return HubConfig(mappings=REPO_MAPPINGS, departments={DEPARTMENT: department}, worker=worker)
-
-
-async def dispatch_all(hub: Hub) -> tuple[float, dict[str, Any]]:
-    dispatcher = Dispatcher(hub)
-    started = time.perf_counter()
-    try:
-        stats = await dispatcher.run(until_empty=True, timeout=600)
-    finally:
-        await hub.aclose()
-    return time.perf_counter() - started, stats.as_dict()
+    settings = {
+        "base_url": url,
+        "login_name": DEFAULT_LOGIN,
+        "password": {"env": PASSWORD_ENV},
+        "timeout_seconds": CLIENT_TIMEOUT,
+    }
+    return department_hub_config(DEPARTMENT, settings, concurrency)
 
 
 async def adapter_loop(hub: Hub, cases: list[Case], concurrency: int) -> float:
@@ -338,56 +263,6 @@ def run_hub(hub: Hub, url: str, cases: list[Case], intake_seconds: float) -> Hub
         duplicates=len(state["duplicates"]),
         stats=stats,
     )
-
-
-# --------------------------------------------------------------------------- databases
-
-
-class Store:
-    """A fresh, migrated database per cell: a copy of a migrated SQLite file, or a new
-    PostgreSQL schema."""
-
-    def __init__(self, directory: Path, postgres: str | None) -> None:
-        self.directory = directory
-        self.postgres = postgres
-        self.template = directory / "template.db"
-        self._schemas: list[str] = []
-        if postgres is None:
-            upgrade(f"sqlite:///{self.template}")
-
-    def fresh(self, name: str) -> str:
-        if self.postgres is None:
-            path = self.directory / f"{name}.db"
-            shutil.copyfile(self.template, path)
-            return f"sqlite:///{path}"
-        return self._fresh_schema()
-
-    def _fresh_schema(self) -> str:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
-
-        schema = f"hubbench_{uuid.uuid4().hex[:12]}"
-        admin = create_engine(self.postgres)
-        with admin.begin() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        admin.dispose()
-        self._schemas.append(schema)
-        options = {"options": f"-csearch_path={schema}"}
-        url = make_url(self.postgres).update_query_dict(options)
-        rendered = url.render_as_string(hide_password=False)
-        upgrade(rendered)
-        return rendered
-
-    def close(self) -> None:
-        if self.postgres is None or not self._schemas:
-            return
-        from sqlalchemy import create_engine, text
-
-        admin = create_engine(self.postgres)
-        with admin.begin() as conn:
-            for schema in self._schemas:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
 
 
 # --------------------------------------------------------------------------- one cell
@@ -553,7 +428,7 @@ def run_matrix(args: argparse.Namespace, directory: Path, mappings: MappingSet) 
     cells: list[Cell] = []
     store = Store(directory, args.postgres)
     try:
-        with simulator_process(directory / "simulator.log") as url:
+        with simulator_process(DEPARTMENT, directory / "simulator.log") as url:
             for latency_ms, concurrency in itertools.product(latencies, levels):
                 n = cell_size(args, latency_ms, concurrency)
                 cells.append(run_cell(url, store, mappings, latency_ms, concurrency, n))

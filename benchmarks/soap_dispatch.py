@@ -13,44 +13,54 @@ Every run is checked: every case delivered, one create call per case, no duplica
 
     .venv/bin/python benchmarks/soap_dispatch.py            # 0/50 ms x 1/32/128, ~2 minutes
     .venv/bin/python benchmarks/soap_dispatch.py --quick    # smoke run, a few seconds
+    .venv/bin/python benchmarks/soap_dispatch.py --per-call # CPU ms per adapter call
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
+
+``--per-call`` measures instead what each adapter operation costs in CPU in this process
+(the simulator runs in its own): ``create``, ``find_by_reference``, ``get_status`` (one
+``GetCase``), ``add_note`` and ``poll_changes`` (one ``GetCasesChangedSince`` page of up to
+``--poll-records`` real-shaped cases: open, inspected, cited and closed with photos), one
+call at a time, the median of ``--rounds`` rounds.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
+import functools
 import json
 import os
 import platform
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
-from hub.adapters import OutboundWorkOrder  # noqa: E402
-from hub.config import DeliveryPolicy, DepartmentConfig, HubConfig, WorkerConfig  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    Store,
+    dispatch_all,
+    routed_cases,
+    sim_admin,
+    sim_state,
+    simulator_process,
+)
+from benchmarks._common import hub_config as department_hub_config  # noqa: E402
+from hub.adapters import OutboundNote, OutboundWorkOrder, StatusPage  # noqa: E402
+from hub.config import HubConfig  # noqa: E402
 from hub.mapping import MappingSet, load_mappings  # noqa: E402
 from hub.model import Case  # noqa: E402
-from hub.services.dispatch import Dispatcher  # noqa: E402
 from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
-from hub.store.migrate import upgrade  # noqa: E402
-from hub.testing.generator import CaseGenerator  # noqa: E402
 from hub.testing.harness import CE_PASSWORD_ENV, REPO_MAPPINGS  # noqa: E402
 from hub.testing.simulators.codeenforcement import (  # noqa: E402
     DEFAULT_PASSWORD,
@@ -74,78 +84,22 @@ class Cell:
     duplicates: int = 0
 
 
-# --------------------------------------------------------------------------- simulator
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextmanager
-def simulator_process(log: Path) -> Iterator[str]:
-    """`hub simulate codeenforcement` in its own process (own event loop, own GIL)."""
-    port = free_port()
-    command = [sys.executable, "-m", "hub.cli", "simulate", DEPARTMENT, "--port", str(port)]
-    url = f"http://127.0.0.1:{port}"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"simulator did not start: {log.read_text()[-2000:]}")
-            try:
-                httpx.get(f"{url}/__sim__/state", timeout=1).raise_for_status()
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-def sim(url: str, action: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-    if body is None:
-        response = httpx.get(f"{url}/__sim__/{action}", timeout=120)
-    else:
-        response = httpx.post(f"{url}/__sim__/{action}", json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
-
-
 # --------------------------------------------------------------------------- the hub
 
 
-def hub_config(url: str, concurrency: int) -> HubConfig:
-    worker = WorkerConfig(
-        concurrency=concurrency, batch_size=min(max(concurrency, 1), 256), idle_poll_seconds=0.05
-    )
-    department = DepartmentConfig(
-        adapter=DEPARTMENT,
-        settings={
-            "base_url": url,
-            "username": DEFAULT_USERNAME,
-            "password": {"env": CE_PASSWORD_ENV},
-            "timeout_seconds": CLIENT_TIMEOUT,
-        },
-        delivery=DeliveryPolicy(max_concurrency=concurrency),
-    )
-    return HubConfig(mappings=REPO_MAPPINGS, departments={DEPARTMENT: department}, worker=worker)
+def hub_config(url: str, concurrency: int, **settings: Any) -> HubConfig:
+    department = {
+        "base_url": url,
+        "username": DEFAULT_USERNAME,
+        "password": {"env": CE_PASSWORD_ENV},
+        "timeout_seconds": CLIENT_TIMEOUT,
+        **settings,
+    }
+    return department_hub_config(DEPARTMENT, department, concurrency)
 
 
 def ce_cases(mappings: MappingSet, n: int, *, seed: int) -> list[Case]:
-    generated = CaseGenerator(mappings, seed=seed).generate(n * 40)
-    routed = (c for c in generated if (r := mappings.route(c)) and r.department == DEPARTMENT)
-    cases = list(itertools.islice(routed, n))
-    if len(cases) < n:
-        raise RuntimeError(f"the generator gave only {len(cases)} code-enforcement cases")
-    return cases
+    return routed_cases(mappings, DEPARTMENT, n, seed=seed, oversample=40)
 
 
 async def adapter_loop(hub: Hub, cases: list[Case], concurrency: int) -> float:
@@ -173,55 +127,41 @@ async def adapter_loop(hub: Hub, cases: list[Case], concurrency: int) -> float:
     return len(cases) / (time.perf_counter() - started)
 
 
-async def dispatch_all(hub: Hub) -> float:
-    started = time.perf_counter()
-    try:
-        await Dispatcher(hub).run(until_empty=True, timeout=600)
-    finally:
-        await hub.aclose()
-    return time.perf_counter() - started
+@dataclass
+class Stores:
+    """SQLite for the adapter-alone runs (they need a hub, not its store), and the store
+    under test for the hub runs."""
+
+    sqlite: Store
+    hub: Store
+
+    @classmethod
+    def open(cls, directory: Path, postgres: str | None) -> Stores:
+        sqlite = Store(directory, None)
+        return cls(sqlite=sqlite, hub=Store(directory, postgres) if postgres else sqlite)
+
+    def close(self) -> None:
+        self.hub.close()
 
 
-def fresh_database(directory: Path, name: str, postgres: str | None) -> str:
-    if postgres:
-        from sqlalchemy import create_engine, text
-
-        schema = f"bench_{name}_{os.getpid()}"
-        engine = create_engine(postgres)
-        with engine.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        engine.dispose()
-        from sqlalchemy.engine import make_url
-
-        url = make_url(postgres).update_query_dict({"options": f"-csearch_path={schema}"})
-        database = url.render_as_string(hide_password=False)
-    else:
-        database = f"sqlite:///{directory / f'{name}.db'}"
-    upgrade(database)
-    return database
-
-
-def run_cell(url: str, cell: Cell, directory: Path, postgres: str | None, seed: int) -> None:
-    sim(url, "faults", {"latency_ms": cell.latency_ms})
+def run_cell(url: str, cell: Cell, stores: Stores, seed: int) -> None:
+    sim_admin(url, "faults", {"latency_ms": cell.latency_ms})
     mappings = load_mappings(REPO_MAPPINGS)
     name = f"l{cell.latency_ms}c{cell.concurrency}"
     # adapter alone
-    sim(url, "reset", {})
-    hub = Hub(
-        hub_config(url, cell.concurrency), database=fresh_database(directory, name + "a", None)
-    )
+    sim_admin(url, "reset")
+    hub = Hub(hub_config(url, cell.concurrency), database=stores.sqlite.fresh(name + "a"))
     cases = ce_cases(mappings, cell.cases, seed=seed)
     for case in cases:
         case.hub_id = f"bench-a-{case.source_id}"
     cell.adapter_per_s = round(asyncio.run(adapter_loop(hub, cases, cell.concurrency)), 1)
     hub.dispose()
     # the hub end to end
-    sim(url, "reset", {})
-    hub = Hub(hub_config(url, cell.concurrency), database=fresh_database(directory, name, postgres))
+    sim_admin(url, "reset")
+    hub = Hub(hub_config(url, cell.concurrency), database=stores.hub.fresh(name))
     results = IntakeService(hub).submit_many(ce_cases(mappings, cell.cases, seed=seed + 1))
-    seconds = asyncio.run(dispatch_all(hub))
-    state = sim(url, "state")
+    seconds, _ = asyncio.run(dispatch_all(hub))
+    state = sim_state(url)
     with hub.uow() as uow:
         orders = (uow.work_orders.get(r.case.hub_id, DEPARTMENT) for r in results)
         cell.delivered = sum(1 for o in orders if o and o.delivery_state.value == "delivered")
@@ -232,6 +172,148 @@ def run_cell(url: str, cell: Cell, directory: Path, postgres: str | None, seed: 
     cell.hub_over_adapter = round(cell.hub_per_s / cell.adapter_per_s, 2)
     if (cell.delivered, cell.create_calls, cell.duplicates) != (cell.cases, cell.cases, 0):
         raise AssertionError(f"cell {name} lost or duplicated cases: {asdict(cell)}")
+
+
+# --------------------------------------------------------------------------- CPU per call
+
+
+@dataclass
+class CallCost:
+    operation: str
+    calls: int
+    records_per_call: int
+    cpu_ms_per_call: float
+    wall_ms_per_call: float
+
+
+Call = Callable[[], Awaitable[Any]]
+PER_CALL_OPERATIONS = ("create", "find_by_reference", "get_status", "add_note", "poll_changes")
+
+
+async def timed(calls: list[Call]) -> tuple[float, float]:
+    """(CPU, wall) seconds of `calls` run one after the other. process_time counts every
+    thread of this process; the simulator is another process, so this is the adapter's."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    for call in calls:
+        await call()
+    return time.process_time() - cpu, time.perf_counter() - wall
+
+
+def orders(hub: Hub, cases: list[Case]) -> list[OutboundWorkOrder]:
+    mapping = hub.mapping(DEPARTMENT)
+    built = []
+    for case in cases:
+        route = hub.mappings.route(case)
+        case.work_order_type, case.team = route.work_order_type, route.team
+        built.append(
+            OutboundWorkOrder(
+                hub_id=case.hub_id,
+                department=DEPARTMENT,
+                work_order_type=route.work_order_type,
+                payload=mapping.build_payload(case),
+            )
+        )
+    return built
+
+
+def shape_records(url: str, n: int) -> None:
+    """Give the round's cases the shapes a poll meets: a third closed (inspection, violation,
+    two inspector photos), a third inspected with a violation cited, a third received."""
+    for _ in range(4):  # Received → Assigned → Pending → Scheduled → Inspected - Violation
+        sim_admin(url, "advance", {"count": 2 * n // 3})
+    sim_admin(url, "advance", {"count": n // 3, "close": True})
+
+
+async def one_round(
+    hub: Hub, url: str, cases: list[Case], polls: int
+) -> dict[str, tuple[float, float, int, int]]:
+    """operation → (CPU s, wall s, calls, records per call) for one round."""
+    adapter = hub.adapter(DEPARTMENT)
+    built = orders(hub, cases)
+    since = datetime.now(UTC)  # this round's cases only
+    refs = []
+
+    async def create(order: OutboundWorkOrder) -> None:
+        refs.append(await adapter.create(order))
+
+    costs = {"create": (*await timed([functools.partial(create, o) for o in built]), len(built))}
+    ids = [r.external_id for r in refs]
+    note = OutboundNote(text="Resident called again: the lot is still overgrown.")
+    for name, calls in (
+        (
+            "find_by_reference",
+            [functools.partial(adapter.find_by_reference, o.hub_id) for o in built],
+        ),
+        ("get_status", [functools.partial(adapter.get_status, [i]) for i in ids]),
+        ("add_note", [functools.partial(adapter.add_note, i, note) for i in ids]),
+    ):
+        costs[name] = (*await timed(calls), len(calls))
+    shape_records(url, len(ids))
+    pages: list[StatusPage] = []
+
+    async def poll() -> None:
+        pages.append(await adapter.poll_changes(since))
+
+    costs["poll_changes"] = (*await timed([poll] * polls), polls)
+    records = len(pages[0].events) if pages else 0
+    if any(len(p.events) != records for p in pages):
+        raise AssertionError("polls of the same window gave different pages")
+    return {k: (*v, records if k == "poll_changes" else 1) for k, v in costs.items()}
+
+
+async def per_call_rounds(hub: Hub, url: str, rounds: list[list[Case]], polls: int) -> list[dict]:
+    try:
+        await one_round(hub, url, rounds[0][:3], 2)  # warm-up: WSDL, connection, caches
+        return [await one_round(hub, url, cases, polls) for cases in rounds[1:]]
+    finally:
+        await hub.aclose()
+
+
+def per_call(url: str, args: argparse.Namespace, store: Store) -> list[CallCost]:
+    """Median CPU and wall time per call of each operation over `args.rounds` rounds."""
+    sim_admin(url, "faults", {"latency_ms": 0})
+    sim_admin(url, "reset")
+    config = hub_config(url, 1, page_size=args.poll_records)
+    hub = Hub(config, database=store.fresh("percall"))
+    mappings = load_mappings(REPO_MAPPINGS)
+    cases = ce_cases(mappings, 3 + args.rounds * args.poll_records, seed=args.seed)
+    for case in cases:
+        case.hub_id = f"bench-p-{case.source_id}"
+    size = args.poll_records
+    rounds = [cases[:3]] + [cases[3 + i * size : 3 + (i + 1) * size] for i in range(args.rounds)]
+    try:
+        measured = asyncio.run(per_call_rounds(hub, url, rounds, args.polls))
+    finally:
+        hub.dispose()
+    return median_costs(measured)
+
+
+def median_costs(measured: list[dict[str, tuple[float, float, int, int]]]) -> list[CallCost]:
+    costs = []
+    for name in PER_CALL_OPERATIONS:
+        runs = [m[name] for m in measured]
+        calls, records = runs[0][2], runs[0][3]
+        costs.append(
+            CallCost(
+                operation=name,
+                calls=calls,
+                records_per_call=records,
+                cpu_ms_per_call=round(statistics.median(r[0] for r in runs) * 1000 / calls, 3),
+                wall_ms_per_call=round(statistics.median(r[1] for r in runs) * 1000 / calls, 3),
+            )
+        )
+    return costs
+
+
+def cost_table(costs: list[CallCost]) -> str:
+    names = ("operation", "calls", "records", "cpu ms/call", "wall ms/call")
+    head = " ".join(f"{n:>{w}}" for n, w in zip(names, (18, 6, 8, 12, 13), strict=True))
+    rows = [
+        f"{c.operation:>18} {c.calls:>6} {c.records_per_call:>8} {c.cpu_ms_per_call:>12.3f} "
+        f"{c.wall_ms_per_call:>13.3f}"
+        for c in costs
+    ]
+    return "\n".join([head, *rows])
 
 
 def table(cells: list[Cell]) -> str:
@@ -254,6 +336,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="smoke run: 60 cases, 0 ms, c=1,16")
     parser.add_argument("--json-out", type=Path)
+    parser.add_argument(
+        "--per-call", action="store_true", help="CPU ms per adapter call, by operation"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--per-call: measured rounds")
+    parser.add_argument(
+        "--poll-records", type=int, default=200, help="--per-call: cases per round and poll page"
+    )
+    parser.add_argument("--polls", type=int, default=20, help="--per-call: polls per round")
     args = parser.parse_args(argv)
     if args.quick:
         args.cases, args.latencies, args.concurrency = 60, "0", "1,16"
@@ -263,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     os.environ.setdefault(CE_PASSWORD_ENV, DEFAULT_PASSWORD)
+    if args.per_call:
+        return main_per_call(args)
     cells = [
         Cell(latency_ms=int(latency), concurrency=int(conc), cases=args.cases)
         for latency in args.latencies.split(",")
@@ -271,13 +363,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="hub-soap-bench-") as tmp:
         directory = Path(tmp)
-        with simulator_process(directory / "simulator.log") as url:
-            for cell in cells:
-                run_cell(url, cell, directory, args.postgres, args.seed)
-                print(
-                    f"  {cell.latency_ms} ms x {cell.concurrency}: {cell.hub_per_s} cases/s",
-                    file=sys.stderr,
-                )
+        stores = Stores.open(directory, args.postgres)
+        try:
+            with simulator_process(DEPARTMENT, directory / "simulator.log") as url:
+                for cell in cells:
+                    run_cell(url, cell, stores, args.seed)
+                    print(
+                        f"  {cell.latency_ms} ms x {cell.concurrency}: {cell.hub_per_s} cases/s",
+                        file=sys.stderr,
+                    )
+        finally:
+            stores.close()
     doc = {
         "benchmark": "soap_dispatch",
         "department": DEPARTMENT,
@@ -287,6 +383,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "cells": [asdict(c) for c in cells],
     }
     print(table(cells))
+    if args.json_out:
+        args.json_out.write_text(json.dumps(doc, indent=2))
+    print(json.dumps(doc))
+    return doc
+
+
+def main_per_call(args: argparse.Namespace) -> dict[str, Any]:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hub-soap-bench-") as tmp:
+        directory = Path(tmp)
+        with simulator_process(DEPARTMENT, directory / "simulator.log") as url:
+            costs = per_call(url, args, Store(directory, None))
+    doc = {
+        "benchmark": "soap_dispatch_per_call",
+        "department": DEPARTMENT,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "rounds": args.rounds,
+        "seconds": round(time.perf_counter() - started, 1),
+        "operations": [asdict(c) for c in costs],
+    }
+    print(cost_table(costs))
     if args.json_out:
         args.json_out.write_text(json.dumps(doc, indent=2))
     print(json.dumps(doc))

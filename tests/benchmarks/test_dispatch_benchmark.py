@@ -34,3 +34,51 @@ def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
         assert cell["delivered"] == cell["create_calls"] == cell["n"]
         assert all(cell[rate] > 0 for rate in RATES), cell
         assert cell["ratio_hub_vs_aiohttp"] > 0
+
+
+SOAP_SCRIPT = REPO / "benchmarks" / "soap_dispatch.py"
+SOAP_CELL_KEYS = {
+    "latency_ms",
+    "concurrency",
+    "cases",
+    "adapter_per_s",
+    "hub_per_s",
+    "hub_over_adapter",
+    "delivered",
+    "create_calls",
+    "duplicates",
+}
+
+
+def run_script(script: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], dict]:
+    done = subprocess.run(
+        [sys.executable, str(script), *argv], cwd=REPO, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_soap_quick_run_keeps_its_table_and_json(tmp_path: Path) -> None:
+    out = tmp_path / "soap.json"
+    done, printed = run_script(SOAP_SCRIPT, "--quick", "--json-out", str(out))
+    assert printed == json.loads(out.read_text())
+    head = done.stdout.splitlines()[0].split()
+    assert head == ["latency", "conc", "cases", "adapter/s", "hub/s", "hub/adapter"]
+    assert set(printed) == {"benchmark", "department", "store", "machine", "seconds", "cells"}
+    assert [(c["latency_ms"], c["concurrency"]) for c in printed["cells"]] == [(0, 1), (0, 16)]
+    for cell in printed["cells"]:
+        assert set(cell) == SOAP_CELL_KEYS
+        assert cell["delivered"] == cell["create_calls"] == cell["cases"] == 60  # --quick
+        assert cell["duplicates"] == 0 and cell["adapter_per_s"] > 0 and cell["hub_per_s"] > 0
+
+
+def test_soap_per_call_reports_cpu_per_operation() -> None:
+    argv = ("--per-call", "--rounds", "1", "--poll-records", "6", "--polls", "2")
+    done, printed = run_script(SOAP_SCRIPT, *argv)
+    assert printed["benchmark"] == "soap_dispatch_per_call"
+    assert "cpu ms/call" in done.stdout.splitlines()[0]
+    costs = {c["operation"]: c for c in printed["operations"]}
+    assert list(costs) == ["create", "find_by_reference", "get_status", "add_note", "poll_changes"]
+    assert all(c["cpu_ms_per_call"] > 0 and c["wall_ms_per_call"] > 0 for c in costs.values())
+    assert costs["create"]["calls"] == 6 and costs["poll_changes"]["calls"] == 2
+    assert costs["poll_changes"]["records_per_call"] == 6  # the round's cases, every one
