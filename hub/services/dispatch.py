@@ -274,6 +274,10 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.turn_seconds = 0.0  # moving average of a turn, lock waits included
         self._rotation = 0  # which free department claims first this turn
+        # Departments found with nothing due are asked again after idle_seconds, the same
+        # wait as an idle worker's, not on every turn: a busy worker's turns come every few
+        # milliseconds, and each empty claim is a statement.
+        self._nothing_due_until: dict[str, float] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
 
     # ----------------------------------------------------------------------- loop
@@ -475,6 +479,17 @@ class Dispatcher:
         backlog never holds up another's fresh cases (one claim ordered across all would
         serve the backlog's older rows first), and each claim is an ordered index range
         that stops at its LIMIT, whatever the planner knows of the table."""
+        clock = perf_counter()
+        asked = [d for d in departments if self._nothing_due_until.get(d, 0.0) <= clock]
+        items = self._claim_fair_shares(uow, asked, want, now, clock) if asked else []
+        if not items and len(asked) < len(departments):  # "nothing claimed" stays "nothing due"
+            skipped = [d for d in departments if d not in asked]
+            items = self._claim_fair_shares(uow, skipped, want, now, clock)
+        return items
+
+    def _claim_fair_shares(
+        self, uow: UnitOfWork, departments: list[str], want: int, now: datetime, clock: float
+    ) -> list[OutboxItem]:
         self._rotation = (self._rotation + 1) % len(departments)
         hungry = departments[self._rotation :] + departments[: self._rotation]
         items: list[OutboxItem] = []
@@ -492,6 +507,8 @@ class Dispatcher:
                 items += got
                 if len(got) == limit:
                     still_hungry.append(department)
+                elif not got:
+                    self._nothing_due_until[department] = clock + self.idle_seconds
             hungry = still_hungry
         return items
 
