@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,12 @@ def _status(hub: Hub, case_id: str) -> CaseStatus | None:
     return case.status if case else None
 
 
+def utc_sequence(hub: Hub, change: dict[str, Any]) -> str:
+    """The change's UTC instant as the public-works poll writes it in its event ids."""
+    stamp = datetime.fromisoformat(change["DateModified"])
+    return hub.mapping("publicworks").local_to_utc(stamp).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 async def webhook_path(hub: Hub, simulator, pairs, url: str) -> list[float]:
     lags = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -108,7 +115,7 @@ async def webhook_path(hub: Hub, simulator, pairs, url: str) -> list[float]:
                 {
                     "events": [
                         {
-                            "event_id": f"{external_id}:Closed:{change['DateModified']}",
+                            "event_id": f"{external_id}:Closed:{utc_sequence(hub, change)}",
                             "work_order_id": external_id,
                             "status": "Closed",
                             "occurred_at": change["DateModified"],

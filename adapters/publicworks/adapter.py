@@ -25,7 +25,7 @@ from pydantic import Field, SecretStr, field_validator
 from adapters.publicworks.client import (
     CityworksClient,
     RequestRefused,
-    local_to_utc,
+    parse_local,
     utc_to_local,
 )
 from hub.adapters import (
@@ -305,20 +305,20 @@ class PublicWorksAdapter(Adapter):
             or record.get("DateTimeClosed")
             or record.get("DateTimeInit")
         )
-        occurred = local_to_utc(stamp, self.zone)
+        occurred = parse_local(stamp, self.zone)
         if rid is None or not status or occurred is None:
             raise MalformedResponse(f"{self.department} request record lacks id/status/date")
         closed = status in ("Closed", "Canceled")
+        sequence = occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return DepartmentEvent(
             department=self.department,
-            # One change = one (request, status, modification time): stable across polls.
-            external_event_id=f"{rid}:{status}:{stamp}",
+            external_event_id=event_id(rid, status, sequence),
             external_id=str(rid),
             hub_reference=record.get("OtherSystemId"),
             raw_code=status,
             raw_text=status,
             occurred_at=occurred,
-            sequence=occurred.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            sequence=sequence,
             closure_text=(record.get("Resolution") or record.get("CancelReason"))
             if closed
             else None,
@@ -362,6 +362,15 @@ class PublicWorksAdapter(Adapter):
 def _between(low: int, high: int, value: int) -> int:
     """`value` moved strictly inside (low, high), which holds at least one integer."""
     return min(max(value, low + 1), high - 1)
+
+
+def event_id(rid: Any, status: str, sequence: str) -> str:
+    """One change = one (request, status, UTC instant of the modification): stable across
+    polls. The instant, not the naive local stamp, so a stamp with an offset in fall-back's
+    repeated hour (01:30-04:00 vs 01:30-05:00) is two changes, not one. Ids before this
+    were ``{rid}:{status}:{naive local stamp}``: an upgrade sees each request's newest change
+    once more under the new id, a repeated status that status sync records as a no-op."""
+    return f"{rid}:{status}:{sequence}"
 
 
 def _request_id(external_id: str) -> int:

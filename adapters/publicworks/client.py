@@ -30,6 +30,7 @@ from hub.adapters import (
     Transient,
     parse_retry_after,
 )
+from hub.mapping.engine import local_to_utc
 from hub.transports.http import make_async_client, send_classified
 
 AUTHENTICATE = "General/Authentication/Authenticate"
@@ -71,17 +72,17 @@ class RequestRefused(Permanent):
         self.codes = codes
 
 
-def local_to_utc(value: Any, zone: ZoneInfo) -> datetime | None:
-    """Cityworks timestamps are naive local wall time of the install; aware ones are kept."""
+def parse_local(value: Any, zone: ZoneInfo) -> datetime | None:
+    """A Cityworks timestamp in UTC (None when absent or unreadable). Cityworks stamps are
+    naive wall time of the install, read by the hub's one rule (decision 0011:
+    :func:`hub.mapping.engine.local_to_utc`); a stamp with an offset is kept as given."""
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=zone)  # ambiguous DST hour: first occurrence
-    return parsed.astimezone(UTC)
+    return local_to_utc(parsed, zone)
 
 
 def utc_to_local(value: datetime, zone: ZoneInfo) -> str:
@@ -277,4 +278,4 @@ class CityworksClient:
         if not isinstance(token, str) or not token:
             raise MalformedResponse(f"{self.label} {AUTHENTICATE}: no token in the answer")
         self._token = token
-        self._token_expires = local_to_utc(value.get("Expires"), self._zone)
+        self._token_expires = parse_local(value.get("Expires"), self._zone)

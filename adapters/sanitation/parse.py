@@ -16,10 +16,11 @@ import csv
 import io
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
+from hub.mapping.engine import local_to_utc
 from hub.mapping.schema import CsvLayout
 
 REQUIRED_ROLES = ("reference", "status")
@@ -115,7 +116,11 @@ def _find_header(rows: list[list[str]], layout: CsvLayout) -> tuple[int, dict[st
 
 
 def parse_datetime(text: str, layout: CsvLayout, zone: ZoneInfo) -> datetime:
-    """The layout's (day-first) format, with or without seconds, or ISO 8601 → UTC."""
+    """The layout's (day-first) format, with or without seconds, or ISO 8601 → UTC.
+
+    A time without an offset is the contractor's wall time in `zone`, read by the hub's
+    one rule (:func:`hub.mapping.engine.local_to_utc`, decision 0011) so a file and a
+    webhook stamping the same wall time give the same instant."""
     return _parse_datetime(text.strip(), layout.date_format, zone)
 
 
@@ -127,11 +132,11 @@ def _parse_datetime(value: str, date_format: str, zone: ZoneInfo) -> datetime:
     formats.append(date_format.split(" ")[0])
     for fmt in formats:
         try:
-            return datetime.strptime(value, fmt).replace(tzinfo=zone).astimezone(UTC)
+            return local_to_utc(datetime.strptime(value, fmt), zone)
         except ValueError:
             continue
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise BadFile(f"date {value!r} is not {date_format}") from None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)).astimezone(UTC)
+    return local_to_utc(parsed, zone)

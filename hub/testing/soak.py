@@ -703,13 +703,14 @@ def publicworks_webhook_event(event: dict[str, Any], zone: ZoneInfo) -> dict[str
     stamp = event["DateModified"]
     occurred = datetime.fromisoformat(stamp)
     occurred = occurred if occurred.tzinfo else occurred.replace(tzinfo=zone)
+    sequence = occurred.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     return {
-        "event_id": f"{event['RequestId']}:{event['NewValue']}:{stamp}",
+        "event_id": f"{event['RequestId']}:{event['NewValue']}:{sequence}",
         "work_order_id": str(event["RequestId"]),
         "hub_reference": event["OtherSystemId"],
         "status": event["NewValue"],
         "occurred_at": stamp,
-        "sequence": occurred.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "sequence": sequence,
     }
 
 
