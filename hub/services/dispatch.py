@@ -490,26 +490,23 @@ class Dispatcher:
     def _claim_fair_shares(
         self, uow: UnitOfWork, departments: list[str], want: int, now: datetime, clock: float
     ) -> list[OutboxItem]:
+        """Rounds of one equal share per department (one statement a round on PostgreSQL)
+        until `want` rows are claimed or no department has more due."""
         self._rotation = (self._rotation + 1) % len(departments)
         hungry = departments[self._rotation :] + departments[: self._rotation]
         items: list[OutboxItem] = []
         while hungry and len(items) < want:
-            share = -(-(want - len(items)) // len(hungry))  # ceiling
-            still_hungry = []
-            for department in hungry:
-                limit = min(share, want - len(items))
-                if limit <= 0:
-                    break
-                got = uow.outbox.claim(
-                    worker=self.worker_id, limit=limit, lease=self.lease, now=now,
-                    only=[department],
-                )  # fmt: skip
-                items += got
-                if len(got) == limit:
-                    still_hungry.append(department)
-                elif not got:
+            asked = hungry[: want - len(items)]  # fewer rows left than departments
+            share = (want - len(items)) // len(asked)
+            got = uow.outbox.claim_each(
+                worker=self.worker_id, departments=asked, limit=share, lease=self.lease, now=now
+            )
+            items += got
+            counts = Counter(item.department for item in got)
+            for department in asked:
+                if not counts[department]:
                     self._nothing_due_until[department] = clock + self.idle_seconds
-            hungry = still_hungry
+            hungry = [d for d in asked if counts[d] == share]
         return items
 
     # ----------------------------------------------------------------------- attempt

@@ -317,3 +317,38 @@ def test_an_older_department_status_never_overwrites_a_newer_one(engine) -> None
         uow.commit()
         order = uow.work_orders.get(case.hub_id, "publicworks")
     assert (order.raw_status, order.last_sequence) == ("Closed", "2026-05-01T12:02")
+
+
+def test_claim_each_takes_up_to_the_limit_from_every_department_in_due_order(engine) -> None:
+    cases = [a_case(n) for n in range(1, 9)]
+    with UnitOfWork(engine) as uow:
+        for n, case in enumerate(cases):
+            uow.cases.add(case)
+            dept = "publicworks" if n < 5 else "sanitation"  # 5 and 3 rows
+            enqueue(uow, case.hub_id, dept=dept, due=T0 - timedelta(seconds=10 - n))
+        enqueue(uow, cases[0].hub_id, dept="codeenforcement", due=T0 + timedelta(seconds=5))
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        first = uow.outbox.claim_each(
+            worker="w1",
+            departments=["publicworks", "sanitation", "codeenforcement", "nobody"],
+            limit=2,
+            lease=LEASE,
+            now=T0,
+        )
+        uow.commit()
+    by_department = {}
+    for item in first:
+        by_department.setdefault(item.department, []).append(item.case_id)
+    assert by_department == {  # the two earliest due of each; not-yet-due rows wait
+        "publicworks": [cases[0].hub_id, cases[1].hub_id],
+        "sanitation": [cases[5].hub_id, cases[6].hub_id],
+    }
+    assert all(item.locked_by == "w1" and item.attempts == 1 for item in first)
+    with UnitOfWork(engine) as uow:
+        second = uow.outbox.claim_each(
+            worker="w2", departments=["publicworks", "sanitation"], limit=10, lease=LEASE, now=T0
+        )
+        uow.commit()
+    assert len(second) == 4  # the rest, none of them leased twice
+    assert {i.id for i in second}.isdisjoint(i.id for i in first)
