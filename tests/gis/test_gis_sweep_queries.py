@@ -8,13 +8,11 @@ what it releases and re-queues must stay what the per-case reading decided.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, event, select, update
+from sqlalchemy import delete, select, update
 
 from adapters.gis.plugin import _release_overdue, enrichment_report
 from hub.model import Case, utcnow
@@ -23,6 +21,7 @@ from hub.services.runtime import Hub
 from hub.store import tables as t
 from hub.testing.harness import SimulatedCity, simulated_city
 from hub.testing.simulators.gis import WARD_3_AT
+from tests.statements import statements
 
 GIS = "gis"
 
@@ -31,21 +30,6 @@ GIS = "gis"
 def city(tmp_path: Path, db_url: str) -> Iterator[SimulatedCity]:
     with simulated_city(tmp_path / "city", database_url=db_url, gis=True) as city:
         yield city
-
-
-@contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement the engine sends while the block runs."""
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def hold(hub: Hub, first: int, count: int) -> list[Case]:

@@ -9,12 +9,11 @@ per-case reading decided, for every kind of case it tells apart.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, delete, event, select
+from sqlalchemy import delete, select
 
 from adapters.payments.plugin import payments_adapter, payments_report
 from hub.model import Case, CaseStatus
@@ -22,6 +21,7 @@ from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
 from hub.store import tables as t
 from hub.testing.harness import SimulatedCity, simulated_city
+from tests.statements import statements
 
 SANITATION = "sanitation"
 
@@ -57,21 +57,6 @@ EXPECTED = {
 def city(tmp_path: Path, db_url: str) -> Iterator[SimulatedCity]:
     with simulated_city(tmp_path / "city", database_url=db_url, payments=True) as city:
         yield city
-
-
-@contextmanager
-def statements(engine: Engine) -> Iterator[list[str]]:
-    """Every SQL statement the engine sends while the block runs."""
-    sent: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        sent.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield sent
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def bulk(source_id: str) -> Case:
