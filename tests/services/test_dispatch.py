@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -194,16 +194,7 @@ async def test_a_paused_department_does_not_hold_up_another(city: SimulatedCity)
     )
     hub = Hub(config, database=city.database_url)
     cases = feed(hub, 30)
-    with hub.uow() as uow:  # the first ten also need a streets work order
-        for case in cases[:10]:
-            uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
-            uow.outbox.enqueue(
-                case_id=case.hub_id,
-                department="streets",
-                operation="create",
-                idempotency_key=f"{case.hub_id}:streets:create",
-            )
-        uow.commit()
+    route_to_streets(hub, cases[:10])  # the first ten also need a streets work order
     await Dispatcher(hub, worker_id="w").run(drain=True, timeout=60)
     with hub.uow() as uow:
         healths = uow.departments.all()
@@ -273,17 +264,7 @@ def test_one_departments_backlog_does_not_hold_up_anothers_new_cases(
     config.departments["streets"] = streets.model_copy(deep=True)
     hub = Hub(config, database=city.database_url)
     backlog = feed(hub, 40)
-    with hub.uow() as uow:  # newer than all of public works' rows
-        for case in backlog[:5]:
-            uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
-            uow.outbox.enqueue(
-                case_id=case.hub_id,
-                department="streets",
-                operation="create",
-                idempotency_key=f"{case.hub_id}:streets:create",
-                due=utcnow() + timedelta(milliseconds=1),
-            )
-        uow.commit()
+    route_to_streets(hub, backlog[:5], due=utcnow() + timedelta(milliseconds=1))  # newer
     later = utcnow() + timedelta(seconds=1)
     claimed = Dispatcher(hub, worker_id="w", clock=lambda: later)._turn([], 20)
     by_department = Counter(item.department for item, _, _ in claimed)
@@ -291,3 +272,18 @@ def test_one_departments_backlog_does_not_hold_up_anothers_new_cases(
     again = Dispatcher(hub, worker_id="w2", clock=lambda: later)._turn([], 100)
     assert len(again) == 25  # the rest of public works' backlog, nothing claimed twice
     assert {item.id for item, _, _ in again}.isdisjoint(item.id for item, _, _ in claimed)
+
+
+def route_to_streets(hub: Hub, cases: list, due: datetime | None = None) -> None:
+    """A 'streets' work order and its queued create for each case."""
+    with hub.uow() as uow:
+        for case in cases:
+            uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="streets"))
+            uow.outbox.enqueue(
+                case_id=case.hub_id,
+                department="streets",
+                operation="create",
+                idempotency_key=f"{case.hub_id}:streets:create",
+                due=due,
+            )
+        uow.commit()
