@@ -253,6 +253,9 @@ class CodeEnforcementSimulator(BaseSimulator):
     def clear(self) -> None:
         with self.lock:
             self.records: dict[str, dict[str, Any]] = {}
+            # ExternalReference → CaseIds, oldest first: the real system indexes the field,
+            # and a scan per lookup made a 10,000-case soak's lookups time out here.
+            self.by_reference: dict[str, list[str]] = {}
             self.events: list[dict[str, Any]] = []
             self.files: dict[int, tuple[str, bytes]] = {}
             self.create_calls: Counter[str] = Counter()
@@ -440,6 +443,7 @@ class CodeEnforcementSimulator(BaseSimulator):
         with self.lock:
             record = self._new_record(case)
             self.records[record["CaseId"]] = record
+            self.by_reference.setdefault(str(reference), []).append(record["CaseId"])
             event = {"Sequence": len(self.events) + 1, "CaseId": record["CaseId"]}
             self.events.append(
                 {**event, "ExternalReference": reference, "OldStatus": None,
@@ -452,10 +456,10 @@ class CodeEnforcementSimulator(BaseSimulator):
         reference = data.get("ExternalReference")
         if not reference:
             raise ServiceFault("VALIDATION_ERROR", "Required fields missing: ExternalReference")
-        hits = [r for r in list(self.records.values()) if r["ExternalReference"] == reference]
+        hits = self.by_reference.get(reference)
         answer = E.FindCaseByReferenceResponse()
         if hits:
-            answer.append(self._case_xml(hits[0]))  # the oldest, if duplicated
+            answer.append(self._case_xml(self.records[hits[0]]))  # the oldest, if duplicated
         return answer
 
     def get_case(self, data: dict[str, Any]) -> etree._Element:
