@@ -37,25 +37,44 @@ class Capability(StrEnum):
 
 
 class DeliveryError(Exception):
-    """Base of the classified errors an adapter raises. The message must hold no PII."""
+    """Base of the classified errors an adapter raises. The message must hold no PII.
+
+    `not_applied` is the adapter's word that the department refused the request before
+    doing anything with it (a 429 from its rate limiter, a refused login, a connection
+    that never opened). After such an error alone, a create is retried without the
+    lookup-by-reference first; every other error leaves the engine unsure, and it looks up.
+    """
 
     error_class: ClassVar[str] = "error"
+    not_applied: bool = False
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, not_applied: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
+        if not_applied is not None:
+            self.not_applied = not_applied
 
 
 class Transient(DeliveryError):
-    """Try again later; `retry_after` (seconds) is the department's own wish, if it said."""
+    """Try again later; `retry_after` (seconds) is the department's own wish, if it said.
+    An HTTP 429 (`status_code=429`) counts as `not_applied` unless the adapter says not."""
 
     error_class = "transient"
 
     def __init__(
-        self, message: str, *, retry_after: float | None = None, status_code: int | None = None
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status_code: int | None = None,
+        not_applied: bool | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code)
+        if not_applied is None:
+            not_applied = status_code == 429  # RFC 6585: refused by rate, not processed
+        super().__init__(message, status_code=status_code, not_applied=not_applied)
         self.retry_after = retry_after
 
 
@@ -75,6 +94,7 @@ class AuthFailed(DeliveryError):
     """Credentials are wrong or revoked: pause the department and alert a human."""
 
     error_class = "auth_failed"
+    not_applied = True  # an unauthenticated request is refused before it is processed
 
 
 class UnknownOutcome(DeliveryError):

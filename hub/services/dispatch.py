@@ -7,7 +7,7 @@ commit), so the database is touched once per turn, not once per delivery.
 Exactly-once rests on three things: the lease (a row is worked by one worker at a time,
 and a crashed worker's row comes back when its lease expires), the fence (a worker that
 lost its lease cannot settle the row), and lookup-before-create (any create attempt after
-the first asks the department for the hub id before creating again).
+one that may have reached the department asks it for the hub id before creating again).
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ class Attempt:
     duration_ms: float = 0.0
     request_digest: str | None = None
     looked_up: bool = False
+    refused: bool = False  # the department provably did nothing with it (no lookup next)
     department_failure: bool = False  # counts toward the circuit breaker
     case: Case | None = None  # as read at claim time (its version guards the status step)
 
@@ -527,7 +528,7 @@ class Dispatcher:
         except DeliveryError as error:
             attempt = self._classify(item, error)
         except DepartmentNotConfigured as error:
-            attempt = Attempt(item, RETRY, str(error), error_class="not_configured")
+            attempt = Attempt(item, RETRY, str(error), error_class="not_configured", refused=True)
         except Exception as error:  # an adapter bug must never crash the worker
             log.exception("adapter %s raised an unclassified error", item.department)
             attempt = self._classify(item, Transient(f"unclassified {type(error).__name__}"))
@@ -559,7 +560,10 @@ class Dispatcher:
             return await self._create(adapter, item, case, order)
         external_id = order.external_id if order else None
         if not external_id:
-            raise Permanent(f"{item.operation}: the department has no work order for this case")
+            raise Permanent(
+                f"{item.operation}: the department has no work order for this case",
+                not_applied=True,
+            )
         payload = item.payload
         if item.operation == "note":
             await adapter.add_note(external_id, OutboundNote.model_validate(payload))
@@ -568,7 +572,7 @@ class Dispatcher:
         elif item.operation == "cancel":
             await adapter.cancel(external_id, payload.get("reason"))
         else:
-            raise Permanent(f"unknown operation {item.operation!r}")
+            raise Permanent(f"unknown operation {item.operation!r}", not_applied=True)
         return Attempt(item, DONE, f"{item.operation} delivered", request_digest=digest(payload))
 
     async def _create(
@@ -577,7 +581,7 @@ class Dispatcher:
         if order and order.external_id:  # delivered before (e.g. replayed by hand)
             return Attempt(item, DONE, f"already delivered as {order.external_id}")
         looked_up = False
-        if item.attempts > 1 and adapter.supports(Capability.FIND_BY_REFERENCE):
+        if item.maybe_applied and adapter.supports(Capability.FIND_BY_REFERENCE):
             looked_up = True
             found = await adapter.find_by_reference(case.hub_id)
             if found is not None:
@@ -592,7 +596,7 @@ class Dispatcher:
         try:
             payload = self.hub.mapping(item.department).build_payload(case)
         except PayloadError as error:
-            raise Permanent(f"mapping: {error}") from error
+            raise Permanent(f"mapping: {error}", not_applied=True) from error
         outbound = OutboundWorkOrder(
             hub_id=case.hub_id,
             department=item.department,
@@ -628,6 +632,7 @@ class Dispatcher:
                 message,
                 error_class=error.error_class,
                 request_digest=request_digest,
+                refused=error.not_applied,
                 **kw,
             )
 
@@ -714,6 +719,7 @@ class Dispatcher:
                 error_class=attempt.error_class or "permanent",
                 message=attempt.message,
                 worker=worker,
+                refused=attempt.refused,
             )
         if attempt.outcome == SKIPPED:
             return outbox.mark_skipped(item.id, reason=attempt.message, worker=worker)
@@ -732,6 +738,7 @@ class Dispatcher:
             message=attempt.message,
             worker=worker,
             refund_attempt=refund,
+            refused=attempt.refused,
         )
 
     def _apply_outcome(self, uow, attempt: Attempt, health, now, deliveries) -> list[CaseEvent]:

@@ -606,6 +606,7 @@ class OutboxItem:
     last_error_class: str | None
     last_error_message: str | None
     created_at: datetime
+    maybe_applied: bool = False  # a create looks its work order up first (see the table)
 
     @classmethod
     def from_row(cls, row) -> OutboxItem:
@@ -779,6 +780,8 @@ class OutboxRepository:
                 locked_until=bindparam("b_until", type_=o.c.locked_until.type),
                 locked_by=bindparam("b_worker"),
                 attempts=o.c.attempts + 1,
+                # A lease still set is one that expired: its worker may have sent the call.
+                maybe_applied=or_(o.c.maybe_applied, o.c.locked_until.is_not(None)),
                 updated_at=bindparam("b_now", type_=o.c.updated_at.type),
             )
             .returning(*o.c)
@@ -860,7 +863,10 @@ class OutboxRepository:
         message: str,
         worker: str | None = None,
         refund_attempt: bool = False,
+        refused: bool = False,
     ) -> bool:
+        """Back to pending at `at`. `refused`: the department provably did nothing with
+        the attempt; otherwise the row is marked `maybe_applied` for good."""
         values: dict[str, Any] = {
             "next_attempt_at": at,
             "locked_until": None,
@@ -870,11 +876,21 @@ class OutboxRepository:
         }
         if refund_attempt:  # a paused department's turn does not count as an attempt
             values["attempts"] = t.outbox.c.attempts - 1
+        if not refused:
+            values["maybe_applied"] = True
         return self._settle(item_id, worker, **values)
 
     def mark_dead(
-        self, item_id: int, *, error_class: str, message: str, worker: str | None = None
+        self,
+        item_id: int,
+        *,
+        error_class: str,
+        message: str,
+        worker: str | None = None,
+        refused: bool = False,
     ) -> bool:
+        """Dead letter; `refused` as for `schedule_retry` (a replay keeps the flag)."""
+        values: dict[str, Any] = {} if refused else {"maybe_applied": True}
         return self._settle(
             item_id,
             worker,
@@ -882,6 +898,7 @@ class OutboxRepository:
             locked_until=None,
             last_error_class=error_class,
             last_error_message=message[:2000],
+            **values,
         )
 
     def mark_skipped(self, item_id: int, *, reason: str, worker: str | None = None) -> bool:

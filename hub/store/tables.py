@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -132,6 +133,10 @@ outbox = Table(
     Column("locked_by", String(128)),
     Column("last_error_class", String(32)),
     Column("last_error_message", Text),
+    # Sticky: some attempt may have reached the department (its answer was lost, the
+    # worker died, it failed in a way that is not a refusal), so a create looks its work
+    # order up before creating. Survives a dead-letter replay, which resets `attempts`.
+    Column("maybe_applied", Boolean, nullable=False, default=False, server_default=false()),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("completed_at", UTCDateTime),

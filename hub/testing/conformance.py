@@ -620,6 +620,7 @@ class AdapterConformance:
             kit.faults(rate_limit_429=1.0, retry_after_seconds=wish)
             for name, call in calls * 3:  # Retry-After comes as seconds or as an HTTP-date
                 error = await expect_error(call(), Transient, f"{name} under 429")
+                assert error.not_applied, f"{name}: a 429 must say not_applied (no lookup)"
                 assert error.retry_after is not None, f"{name}: Retry-After not parsed"
                 assert wish - 2 <= error.retry_after <= wish + 2, (
                     f"{name}: retry_after {error.retry_after}, the department said ~{wish}"

@@ -235,7 +235,8 @@ async def send_classified(
         except NOT_SENT as first:  # the retry machinery is built only when it is needed
             return await _retry_not_sent(request, first)
     except NOT_SENT as exc:
-        raise Transient(f"{label}: not reachable ({type(exc).__name__})") from None
+        reason = f"{label}: not reachable ({type(exc).__name__})"
+        raise Transient(reason, not_applied=True) from None
     except SENT_MAYBE_APPLIED as exc:
         reason = f"{label}: answer lost ({type(exc).__name__})"
         raise (Transient(reason) if idempotent else UnknownOutcome(reason)) from None

@@ -218,6 +218,7 @@ async def test_connect_errors_retry_in_call_then_transient(adapter, cw):
     with pytest.raises(Transient) as caught:
         await adapter.create(order())
     assert route.call_count == 3
+    assert caught.value.not_applied  # never sent: the retry needs no lookup first
     assert_clean(caught.value)
 
 
@@ -232,6 +233,7 @@ async def test_lost_answer_on_create_is_unknown_outcome(adapter, cw, error):
     with pytest.raises(UnknownOutcome) as caught:
         await adapter.create(order())
     assert route.call_count == 1  # never blindly resent
+    assert not caught.value.not_applied
     assert_clean(caught.value)
 
 

@@ -127,6 +127,62 @@ async def test_429_retry_after_is_honoured_in_the_stored_schedule(city: Simulate
     await hub.aclose()
 
 
+def delivery_attempts(hub: Hub, hub_id: str) -> list[dict]:
+    with hub.uow() as uow:
+        return [e.detail for e in uow.timeline.for_case(hub_id) if e.kind == "delivery_attempt"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "looks_up"),
+    [("rate_limit_429", False), ("error_5xx", True), ("timeout_after_commit", True)],
+)
+async def test_a_create_looks_up_before_retrying_unless_the_department_refused_it(
+    city: SimulatedCity, fault: str, looks_up: bool
+) -> None:
+    """A 429 is the department's rate limiter refusing the call: nothing was created, so
+    the retry creates at once. A 5xx or a lost answer may have created it: lookup first."""
+    hub = city.hub()
+    [warm_up] = feed(hub, 1, seed=99)
+    await drain(hub)  # logged in: the token is cached, so the fault below hits the create
+    city.set_faults("publicworks", {fault: 1.0, "retry_after_seconds": 0.2, "hang_seconds": 1.0})
+    [case] = feed(hub, 1)
+    await Dispatcher(hub, worker_id="w").run(drain=True)  # one attempt, then not yet due
+    city.set_faults("publicworks", "none")
+    await drain(hub)
+    first, second = delivery_attempts(hub, case.hub_id)
+    assert first["outcome"] == "retry"
+    assert second["looked_up"] is looks_up
+    expected = "adopted" if fault == "timeout_after_commit" else "delivered"
+    assert second["outcome"] == expected
+    assert_exactly_once(hub, city, [warm_up.hub_id, case.hub_id])
+    await hub.aclose()
+
+
+async def test_a_create_dead_lettered_after_a_lost_answer_is_looked_up_when_replayed(
+    city: SimulatedCity,
+) -> None:
+    """The replay resets the attempt budget, not what the engine knows: the department
+    committed the first create, so the replayed one adopts it."""
+    city.delivery = city.delivery.model_copy(update={"max_attempts": 1})
+    hub = city.hub()
+    [warm_up] = feed(hub, 1, seed=99)
+    await drain(hub)
+    city.set_faults("publicworks", {"timeout_after_commit": 1.0, "hang_seconds": 1.0})
+    [case] = feed(hub, 1)
+    await drain(hub)
+    with hub.uow() as uow:
+        [item] = uow.outbox.list(state="dead")
+        assert item.case_id == case.hub_id and item.maybe_applied
+        assert uow.outbox.replay([item.id]) == 1
+        uow.commit()
+    city.set_faults("publicworks", "none")
+    await drain(hub)
+    assert [a["outcome"] for a in delivery_attempts(hub, case.hub_id)] == ["dead", "adopted"]
+    assert city.state("publicworks")["create_calls"][case.hub_id] == 1
+    assert_exactly_once(hub, city, [warm_up.hub_id, case.hub_id])
+    await hub.aclose()
+
+
 async def test_permanent_error_dead_letters_at_once_and_replay_delivers(
     city: SimulatedCity,
 ) -> None:

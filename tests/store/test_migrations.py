@@ -1,14 +1,20 @@
-"""Alembic: upgrade from empty on both stores, and the schema matches the table code."""
+"""Alembic: upgrade from empty on both stores, the schema matches the table code, and data
+migrations mark what they must."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
+from hub.model import Case
 from hub.store.db import make_engine
-from hub.store.migrate import current_revision, head_revision, upgrade
+from hub.store.migrate import alembic_config, current_revision, head_revision, upgrade
 from hub.store.tables import metadata
+from hub.store.uow import UnitOfWork
 
 
 def test_upgrade_from_empty_reaches_head_and_matches_models(db_url: str) -> None:
@@ -28,3 +34,38 @@ def test_fresh_sqlite_file_is_created(tmp_path) -> None:
     assert current_revision(url) is None
     assert upgrade(url) == head_revision()
     assert (tmp_path / "sub" / "new.db").exists()
+
+
+def test_0007_marks_rows_attempted_before_it_as_maybe_applied(db_url: str) -> None:
+    """Rows in flight at the upgrade keep their lookup-before-create: any row that was
+    attempted is marked, a never-attempted one is not."""
+    command.downgrade(alembic_config(db_url), "0006")
+    engine = make_engine(db_url)
+    case = Case(
+        source_system="crm", source_id="SR-1", service_code="POTHOLE", description="hole",
+        lat=42.35, long=-71.06,
+    )  # fmt: skip
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.commit()
+    insert = text(
+        "INSERT INTO outbox (case_id, department, operation, idempotency_key, payload, state,"
+        " attempts, next_attempt_at, created_at, updated_at) VALUES (:case, 'publicworks',"
+        " :op, :key, '{}', :state, :attempts, :now, :now, :now)"
+    )
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    rows = [("create", "pending", 0), ("note", "pending", 2), ("cancel", "dead", 8)]
+    with engine.begin() as conn:
+        for op, state, attempts in rows:
+            key = f"{case.hub_id}:{op}"
+            params = {"case": case.hub_id, "op": op, "key": key, "now": now}
+            conn.execute(insert, {**params, "state": state, "attempts": attempts})
+    assert upgrade(db_url) == head_revision()
+    with engine.connect() as conn:
+        marked = dict(conn.execute(text("SELECT operation, maybe_applied FROM outbox")).all())
+    engine.dispose()
+    assert {op: bool(flag) for op, flag in marked.items()} == {
+        "create": False,
+        "note": True,
+        "cancel": True,
+    }

@@ -195,6 +195,47 @@ def test_expired_lease_is_reclaimed_and_old_worker_is_fenced(engine) -> None:
         assert uow.outbox.get(item.id).state == OutboxState.DONE
 
 
+def test_maybe_applied_is_set_by_an_unsure_attempt_or_an_expired_lease_and_survives_replay(
+    engine,
+) -> None:
+    case = a_case()
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        enqueue(uow, case.hub_id)
+        uow.commit()
+
+    def claim(now: datetime):
+        with UnitOfWork(engine) as uow:
+            [item] = uow.outbox.claim(worker="w", limit=1, lease=LEASE, now=now)
+            uow.commit()
+        return item
+
+    def retry(item, *, refused: bool, now: datetime) -> None:
+        with UnitOfWork(engine) as uow:
+            uow.outbox.schedule_retry(
+                item.id, at=now, error_class="transient", message="x", worker="w", refused=refused
+            )
+            uow.commit()
+
+    first = claim(T0)
+    assert not first.maybe_applied  # never sent before
+    retry(first, refused=True, now=T0)  # a 429: the department did nothing
+    second = claim(T0)
+    assert second.attempts == 2 and not second.maybe_applied
+    # The worker dies: its lease expires and the next claim cannot know what it sent.
+    third = claim(T0 + LEASE * 2)
+    assert third.attempts == 3 and third.maybe_applied
+    retry(third, refused=True, now=T0 + LEASE * 2)  # a refusal later does not clear it
+    fourth = claim(T0 + LEASE * 2)
+    assert fourth.maybe_applied
+    with UnitOfWork(engine) as uow:
+        uow.outbox.mark_dead(fourth.id, error_class="transient", message="gave up", worker="w")
+        assert uow.outbox.replay([fourth.id], now=T0 + LEASE * 3) == 1
+        uow.commit()
+    replayed = claim(T0 + LEASE * 3)
+    assert replayed.attempts == 1 and replayed.maybe_applied  # a replay keeps it
+
+
 def test_operations_for_one_case_and_department_run_in_order(engine) -> None:
     case = a_case()
     with UnitOfWork(engine) as uow:
