@@ -3,16 +3,24 @@ shipped in this package, and the classification of every failure into the hub's 
 
 How a call runs (and why):
 
-- The WSDL is parsed once per process from the package (``load_service_description``), by
-  a zeep transport that refuses to fetch anything over the network, in a worker thread the
-  first time it is needed: zeep's loader is synchronous and must not stall the event loop.
-- zeep builds the envelope (``create_message``: typed, validated against the XSD, ~0.1 ms)
-  and the WS-Security UsernameToken is applied per adapter, since the parsed WSDL is shared.
+- The WSDL is parsed once per process (and version of the file) from the package
+  (``load_service_description``), by a zeep transport that refuses to fetch anything over
+  the network, in a worker thread the first time it is needed: zeep's loader is synchronous
+  and must not stall the event loop.
+- Each client binds the port once (``BoundService``): per operation zeep's binding, its
+  SOAPAction and the plans compiled from zeep's reading of the XSD (``codec``), plus the
+  envelope bytes around every body with this adapter's WS-Security UsernameToken (applied
+  per adapter, never on the shared WSDL object).
+- The request body is written by the operation's plan, byte for byte what zeep's
+  ``create_message`` makes; any value outside the plan (a field the WSDL lacks, a missing
+  required element, an unusual type) goes to zeep, which builds or refuses it as before.
 - The hub's own HTTP client (``make_async_client``: httpx over aiohttp) posts it. zeep's
   transports are never used, so zeep's DEBUG transport log (full envelopes, password
   included) never sees our traffic.
 - The answer is parsed by a hardened lxml parser (no DTD, no entity resolution, no network,
-  no huge trees; any DOCTYPE is refused before parsing), then zeep deserializes the body.
+  no huge trees; any DOCTYPE is refused before parsing), then read by the operation's plan
+  into the dicts zeep's ``process_reply`` + ``serialize_object`` give; a document outside
+  the plan (xsi:type, a lenient match, anything zeep refuses) is zeep's to read or refuse.
 
 Error messages name the operation, HTTP status and fault code only: never the password,
 the envelope or anything from the payload (requester PII).
@@ -23,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import re
+import threading
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
@@ -38,6 +47,7 @@ from pydantic import SecretStr
 from zeep.helpers import serialize_object
 from zeep.wsse.username import UsernameToken
 
+from adapters.codeenforcement.codec import Fallback, ReplyReader, RequestWriter, envelope_frame
 from hub.adapters import (
     AuthFailed,
     MalformedResponse,
@@ -114,18 +124,38 @@ class LocalOnlyTransport(zeep.Transport):
         return super().load(url)
 
 
-@functools.lru_cache(maxsize=8)
 def load_service_description(path: Path = WSDL_PATH) -> zeep.Client:
-    """Parse a WSDL (and the XSDs it imports) once per process. Blocking: call it from a
-    worker thread or at start-up, never inside the event loop."""
+    """Parse a WSDL (and the XSDs it imports) once per process and version of the file: a
+    WSDL replaced on disk (another size or modification time) is parsed anew for the
+    clients created after it. Blocking: call it from a worker thread or at start-up, never
+    inside the event loop."""
+    stat = Path(path).stat()
+    return _load_description(Path(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_description(path: Path, mtime_ns: int, size: int) -> zeep.Client:
     return zeep.Client(str(path), transport=LocalOnlyTransport(), settings=ZEEP_SETTINGS)
 
 
 # --------------------------------------------------------------------------- XML
 
 
+_PARSERS = threading.local()
+
+
 def _parser(*, recover: bool = False) -> etree.XMLParser:
-    # A fresh parser per document: lxml parsers are not thread-safe.
+    """The hardened parser of this thread: lxml parsers are not thread-safe, and building
+    one per document cost more than parsing a small answer with it."""
+    name = "recovering" if recover else "strict"
+    parser = getattr(_PARSERS, name, None)
+    if parser is None:
+        parser = _new_parser(recover=recover)
+        setattr(_PARSERS, name, parser)
+    return parser
+
+
+def _new_parser(*, recover: bool) -> etree.XMLParser:
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -261,6 +291,51 @@ def utc_to_local(value: datetime, zone: ZoneInfo) -> datetime:
 # --------------------------------------------------------------------------- the client
 
 
+@dataclass(frozen=True)
+class BoundOperation:
+    """One operation of the bound port: zeep's binding operation, its SOAPAction, and its
+    compiled writer and reader (None where zeep must do it all)."""
+
+    binding: Any
+    action: str
+    writer: RequestWriter | None
+    reader: ReplyReader | None
+
+
+class BoundService:
+    """What a client derives from one parsed WSDL, once: zeep's service proxy for our port,
+    each operation's compiled plans (on first use) and the envelope bytes around every
+    request body, WS-Security header included (so it holds the client's credentials)."""
+
+    def __init__(self, description: zeep.Client, security: UsernameToken) -> None:
+        self.description = description
+        self.proxy = description.bind(SERVICE, PORT)
+        self.security = security
+        self._frames: dict[str, tuple[bytes, bytes]] = {}
+        self._operations: dict[str, BoundOperation] = {}
+
+    def frame(self, soap_env: str) -> tuple[bytes, bytes]:
+        """The bytes before and after a request body, with this client's UsernameToken."""
+        frame = self._frames.get(soap_env)
+        if frame is None:
+            frame = envelope_frame(soap_env, lambda e: self.security.apply(e, {}))
+            self._frames[soap_env] = frame
+        return frame
+
+    def operation(self, name: str) -> BoundOperation:
+        bound = self._operations.get(name)
+        if bound is None:
+            binding = self.proxy._binding.get(name)  # ValueError for an unknown operation
+            bound = BoundOperation(
+                binding=binding,
+                action=binding.soapaction or "",
+                writer=RequestWriter.compile(binding, self.description),
+                reader=ReplyReader.compile(binding, self.description.settings),
+            )
+            self._operations[name] = bound
+        return bound
+
+
 class CaseServiceClient:
     """One per adapter: the shared parsed WSDL, this department's credentials and endpoint,
     and an HTTP client created lazily inside the running loop."""
@@ -282,6 +357,7 @@ class CaseServiceClient:
         self._timeout = timeout
         self._wsdl_path = wsdl_path
         self._zeep: zeep.Client | None = None
+        self._bound: BoundService | None = None
         self._http: httpx.AsyncClient | None = None
 
     @property
@@ -294,6 +370,13 @@ class CaseServiceClient:
         if self._zeep is None:
             self._zeep = await asyncio.to_thread(load_service_description, self._wsdl_path)
         return self._zeep
+
+    def bound(self, description: zeep.Client) -> BoundService:
+        """The port and plans for `description`, built once per client and WSDL."""
+        if self._bound is None or self._bound.description is not description:
+            token = UsernameToken(self._username, self._password.get_secret_value())
+            self._bound = BoundService(description, token)
+        return self._bound
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -318,9 +401,23 @@ class CaseServiceClient:
     def envelope(
         self, description: zeep.Client, operation: str, params: dict[str, Any]
     ) -> tuple[bytes, str]:
-        service = description.bind(SERVICE, PORT)
+        bound = self.bound(description)
+        called = bound.operation(operation)
+        writer = called.writer
+        if writer is not None:
+            try:
+                body = writer.write(params)
+            except Fallback:
+                pass  # zeep builds it, or names what is wrong with it
+            else:
+                before, after = bound.frame(writer.soap_env)
+                return before + body + after, called.action
+        return self._zeep_envelope(bound, operation, params), called.action
+
+    def _zeep_envelope(self, bound: BoundService, operation: str, params: dict[str, Any]) -> bytes:
+        description = bound.description
         try:
-            envelope = description.create_message(service, operation, **params)
+            envelope = description.create_message(bound.proxy, operation, **params)
         except TypeError as exc:  # an element the WSDL does not have: name it, not its value
             field = re.search(r"unexpected keyword argument '([^']+)'", str(exc))
             where = field.group(1) if field else "?"
@@ -328,11 +425,8 @@ class CaseServiceClient:
         except zeep.exceptions.ValidationError as exc:
             path = ".".join(map(str, getattr(exc, "path", None) or [])) or "?"
             raise Permanent(f"{self.label} {operation}: invalid for the WSDL at {path}") from None
-        envelope, _ = UsernameToken(self._username, self._password.get_secret_value()).apply(
-            envelope, {}
-        )
-        action = service._binding.get(operation).soapaction or ""
-        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), action
+        envelope, _ = bound.security.apply(envelope, {})
+        return etree.tostring(envelope, xml_declaration=True, encoding="utf-8")
 
     async def _send(self, operation: str, *, idempotent: bool, request: Any) -> httpx.Response:
         return await send_classified(
@@ -380,10 +474,16 @@ class CaseServiceClient:
     def _deserialize(
         self, description: zeep.Client, operation: str, envelope: etree._Element
     ) -> Any:
-        binding_operation = description.bind(SERVICE, PORT)._binding.get(operation)
+        called = self.bound(description).operation(operation)
+        if called.reader is not None:
+            try:
+                return called.reader.read(envelope)
+            except Fallback:
+                pass  # zeep reads it, or says why it does not fit the WSDL
         try:
-            result = binding_operation.process_reply(envelope)
-        except (zeep.exceptions.Error, ValueError, TypeError, AttributeError) as exc:
+            result = called.binding.process_reply(envelope)
+        # IndexError: an empty soap:Body (zeep reads its first child unchecked).
+        except (zeep.exceptions.Error, ValueError, TypeError, AttributeError, IndexError) as exc:
             raise MalformedResponse(
                 f"{self.label} {operation}: answer does not fit the WSDL ({type(exc).__name__})"
             ) from None
