@@ -1,7 +1,8 @@
 """Status in: department changes become canonical case status (poll, push and file paths).
 
 Every path ends in :meth:`StatusSync.apply`, which for each event, in department sequence
-order and inside one transaction:
+order and inside one transaction (a page's reads and inserts are made set-wise, see
+:class:`_Page`):
 
 1. inserts it into ``inbound_events`` (unique department + external event id): a second
    copy (a replayed webhook, an overlapping poll) inserts nothing and is a no-op;
@@ -382,8 +383,12 @@ class StatusSync:
             notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
             try:
                 with self.hub.uow() as uow:
-                    for event in ordered:
-                        result.outcomes[self._apply_one(uow, mapping, event, source, notes)] += 1
+                    with uow.appends_held():  # written at the end of the page, before commit
+                        page = _Page.load(uow, department, ordered, source, self.clock())
+                        for event in ordered:
+                            outcome = self._apply_one(uow, page, mapping, event, source, notes)
+                            result.outcomes[outcome] += 1
+                        uow.inbound.settle_many(department, page.settled)
                     if watermark is not None:
                         uow.cursors.set(department, watermark)
                     uow.commit()
@@ -407,27 +412,27 @@ class StatusSync:
     def _apply_one(
         self,
         uow: UnitOfWork,
+        page: _Page,
         mapping: DepartmentMapping,
         event: StatusEvent,
         source: str,
         notes: list,
     ) -> str:
-        row_id = _record_inbound(uow, event, source, self.clock())
-        if row_id is None:
+        if not page.take(event):
             return DUPLICATE
-        order = self._work_order(uow, event)
+        order = page.work_order(uow, event)
         if order is None:
-            return _settle_inbound(uow, row_id, ORPHAN)
+            return page.settle(event, ORPHAN)
         sequence = sequence_of(event)
         zone = mapping.local_timezone
         standing = compare(sequence, order.last_sequence, zone, self.clock())
         if standing is Order.OLDER:
-            return _settle_inbound(uow, row_id, STALE, order.case_id)
+            return page.settle(event, STALE, order.case_id)
         try:
             meaning = mapping.map_status_in(event.raw_code)
         except UnmappedStatus:
             uow.timeline.append(self._unmapped_event(order, event, source))
-            return _settle_inbound(uow, row_id, UNMAPPED, order.case_id)
+            return page.settle(event, UNMAPPED, order.case_id)
         follows = tie_follows(meaning)
         wins = standing is Order.NEWER or wins_tie(order, event.raw_code, follows)
         if standing is Order.UNDECIDED:
@@ -436,10 +441,13 @@ class StatusSync:
             # UPDATE makes the same lifecycle test (a concurrent sync cannot undo it).
             sequence = max(sequence, order.last_sequence or "")
         if not wins:
-            return _settle_inbound(uow, row_id, STALE, order.case_id)
+            return page.settle(event, STALE, order.case_id)
         outcome = IGNORED
         if meaning is not None:
-            outcome = self._move_case(uow, order, event, meaning, source, notes)
+            outcome = self._move_case(
+                uow, page.case(uow, order.case_id), event, meaning, source, notes
+            )
+        page.forget(order, event)  # both are written below: a later event reads them anew
         uow.work_orders.apply_department_status(
             order.case_id,
             order.department,
@@ -450,20 +458,7 @@ class StatusSync:
             mapped_status=meaning.status.value if meaning else order.mapped_status,
             **self._link(order, event),
         )
-        return _settle_inbound(uow, row_id, outcome, order.case_id)
-
-    def _work_order(self, uow: UnitOfWork, event: StatusEvent) -> WorkOrder | None:
-        """By the department's id; else by the hub reference, if the hub has not linked
-        another record (a second record for one case is the department's duplicate)."""
-        if event.external_id:
-            order = uow.work_orders.by_external_id(event.department, event.external_id)
-            if order is not None:
-                return order
-        if event.hub_reference:
-            order = uow.work_orders.get(event.hub_reference, event.department)
-            if order is not None and order.external_id in (None, event.external_id):
-                return order
-        return None
+        return page.settle(event, outcome, order.case_id)
 
     @staticmethod
     def _link(order: WorkOrder, event: StatusEvent) -> dict[str, Any]:
@@ -472,8 +467,7 @@ class StatusSync:
             return {}
         return {"external_id": event.external_id, "delivery_state": DeliveryState.DELIVERED}
 
-    def _move_case(self, uow, order, event, meaning, source, notes) -> str:
-        case = uow.cases.get(order.case_id)
+    def _move_case(self, uow, case: Case | None, event, meaning, source, notes) -> str:
         if case is None:
             return ORPHAN
         version = case.version
@@ -556,34 +550,89 @@ class StatusSync:
                 log.exception("on_status_change hook failed for case %s", case.hub_id)
 
 
-# --------------------------------------------------------------------------- inbound rows
+# --------------------------------------------------------------------------- a page
 
 
-def _record_inbound(uow: UnitOfWork, event: StatusEvent, source: str, now: datetime) -> int | None:
-    """Insert-ignore on (department, external_event_id): None means seen before."""
-    return uow.inbound.record(
-        {
-            "department": event.department,
-            "external_event_id": event.external_event_id,
-            "external_id": event.external_id,
-            "raw_code": event.raw_code[:64],
-            "raw_text": event.raw_text,
-            "occurred_at": event.occurred_at,
-            "sequence": sequence_of(event)[:64],
-            "received_at": now,
-            "payload": {"source": source, **event.model_dump(mode="json")},
-        }
-    )
+class _Page:
+    """One page of one department's events inside apply's transaction, read and written
+    set-wise: the inbound rows inserted in one statement (what a concurrent sync inserted
+    first is a duplicate), the work orders and cases the events name read in one query
+    each, the inbound outcomes written in one statement at the end. A work order or case
+    an event writes is dropped from the page, so a later event of the page reads it anew."""
+
+    def __init__(self, fresh: set[str], orders: dict[str, WorkOrder], cases: dict[str, Case]):
+        self.fresh = fresh  # external event ids this transaction inserted, not yet taken
+        self.orders = orders  # by the department's id, as read at the page's start
+        self.cases = cases
+        self.written: set[str] = set()  # the department's ids of work orders written since
+        self.settled: list[tuple[str, str, str | None]] = []
+
+    @classmethod
+    def load(
+        cls, uow: UnitOfWork, department: str, events: list[StatusEvent], source: str, now
+    ) -> _Page:
+        rows = {e.external_event_id: _inbound_row(e, source, now) for e in reversed(events)}
+        fresh = uow.inbound.record_many(list(rows.values()))  # reversed: the first copy wins
+        named = {e.external_id for e in events if e.external_id and e.external_event_id in fresh}
+        orders = uow.work_orders.by_external_ids(department, sorted(named))
+        cases = uow.cases.get_many(sorted({o.case_id for o in orders.values()}))
+        return cls(fresh, orders, cases)
+
+    def take(self, event: StatusEvent) -> bool:
+        """True once for an event this transaction inserted; a later copy is a duplicate."""
+        if event.external_event_id not in self.fresh:
+            return False
+        self.fresh.discard(event.external_event_id)
+        return True
+
+    def settle(self, event: StatusEvent, outcome: str, case_id: str | None = None) -> str:
+        self.settled.append((event.external_event_id, outcome, case_id))
+        return outcome
+
+    def work_order(self, uow: UnitOfWork, event: StatusEvent) -> WorkOrder | None:
+        """By the department's id; else by the hub reference, if the hub has not linked
+        another record (a second record for one case is the department's duplicate)."""
+        if event.external_id:
+            order = self.orders.get(event.external_id)
+            if order is None and event.external_id in self.written:
+                order = uow.work_orders.by_external_id(event.department, event.external_id)
+            if order is not None:
+                return order
+        if event.hub_reference:
+            order = uow.work_orders.get(event.hub_reference, event.department)
+            if order is not None and order.external_id in (None, event.external_id):
+                return order
+        return None
+
+    def case(self, uow: UnitOfWork, case_id: str) -> Case | None:
+        case = self.cases.pop(case_id, None)  # moved by the caller: never served twice
+        return case if case is not None else uow.cases.get(case_id)
+
+    def forget(self, order: WorkOrder, event: StatusEvent) -> None:
+        for external_id in (order.external_id, event.external_id):
+            if external_id:
+                self.orders.pop(external_id, None)
+                self.written.add(external_id)
+        self.cases.pop(order.case_id, None)
+
+
+def _inbound_row(event: StatusEvent, source: str, now: datetime) -> dict[str, Any]:
+    return {
+        "department": event.department,
+        "external_event_id": event.external_event_id,
+        "external_id": event.external_id,
+        "raw_code": event.raw_code[:64],
+        "raw_text": event.raw_text,
+        "occurred_at": event.occurred_at,
+        "sequence": sequence_of(event)[:64],
+        "received_at": now,
+        "payload": {"source": source, **event.model_dump(mode="json")},
+    }
 
 
 def _lock_conflict(error: DBAPIError) -> bool:
     """A deadlock or serialization failure (PostgreSQL), never a broken statement."""
     return getattr(error.orig, "sqlstate", None) in LOCK_CONFLICTS
-
-
-def _settle_inbound(uow: UnitOfWork, row_id: int, outcome: str, case_id: str | None = None) -> str:
-    uow.inbound.settle(row_id, outcome, case_id)
-    return outcome
 
 
 def _add_evidence(case: Case, evidence: list[Attachment]) -> bool:

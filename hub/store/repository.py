@@ -6,8 +6,9 @@ objects; the unit of work owns the transaction.
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -364,19 +365,53 @@ class CaseRepository:
 # --------------------------------------------------------------------------- timeline
 
 
+class _HeldRows:
+    """Rows an append-only repository holds inside `held()` and writes in one statement
+    per set of columns when the block ends (nothing is written if it raises)."""
+
+    def __init__(self, connection: Connection, table) -> None:
+        self.connection = connection
+        self.table = table
+        self.rows: dict[tuple[str, ...], list[tuple]] | None = None
+
+    def hold(self, columns: tuple[str, ...], rows: list[tuple]) -> bool:
+        if self.rows is None:
+            return False
+        self.rows.setdefault(columns, []).extend(rows)
+        return True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.rows = {}
+        try:
+            yield
+            held, self.rows = self.rows, None
+            for columns, rows in held.items():
+                _insert_rows(self.connection, self.table, columns, rows, ignore_conflicts=False)
+        finally:
+            self.rows = None
+
+
 class TimelineRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._held = _HeldRows(connection, t.case_events)
 
     _APPEND = ("case_id", "kind", "at", "level", "actor", "source", "department", "message")
+    _COLUMNS = (*_APPEND, "detail")
 
     def append(self, *events: CaseEvent) -> None:
         rows = [
             (e.case_id, e.kind, e.at, e.level, e.actor, e.source, e.department, e.message, e.detail)
             for e in events
         ]
-        columns = (*self._APPEND, "detail")
-        _insert_rows(self.connection, t.case_events, columns, rows, ignore_conflicts=False)
+        if not self._held.hold(self._COLUMNS, rows):
+            columns, table = self._COLUMNS, t.case_events
+            _insert_rows(self.connection, table, columns, rows, ignore_conflicts=False)
+
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """Events appended inside the block are written in one statement at its end."""
+        return self._held.held()
 
     def for_case(self, case_id: str) -> list[CaseEvent]:
         rows = self.connection.execute(
@@ -435,6 +470,22 @@ class WorkOrderRepository:
         )
         row = self.connection.execute(stmt, {"b_department": department, "b_external": external_id})
         return _work_order(row.first())
+
+    def by_external_ids(self, department: str, external_ids: Sequence[str]) -> dict[str, WorkOrder]:
+        """by_external_id for a page of status events, in one query."""
+        if not external_ids:
+            return {}
+        wo = t.work_orders.c
+        stmt = _statement(
+            ("work_orders.by_external_ids",),
+            lambda: select(t.work_orders).where(
+                wo.department == bindparam("b_department"),
+                wo.external_id.in_(bindparam("b_externals", expanding=True)),
+            ),
+        )
+        params = {"b_department": department, "b_externals": list(external_ids)}
+        orders = (_work_order(row) for row in self.connection.execute(stmt, params))
+        return {order.external_id: order for order in orders if order and order.external_id}
 
     def for_case(self, case_id: str) -> list[WorkOrder]:
         rows = self.connection.execute(
@@ -1145,37 +1196,47 @@ class StatusUpdate:
 class InboundEventRepository:
     """Status events as departments reported them (poll, webhook, file), one row each:
     the insert-ignore on (department, external_event_id) is what makes a replayed event
-    a no-op. Statements are built once: status sync writes two per event."""
+    a no-op. Status sync writes a page of them in two statements."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
-    def record(self, values: dict[str, Any]) -> int | None:
-        """Insert-ignore; the new row's id, or None when the event was seen before."""
-        dialect = self.connection.dialect.name
-        stmt = _statement(
-            ("inbound_events.record", dialect, tuple(sorted(values))),
-            lambda: (
-                _insert(self.connection, t.inbound_events)
-                .values({name: bindparam(f"v_{name}") for name in values})
-                .on_conflict_do_nothing()
-                .returning(t.inbound_events.c.id)
-            ),
-        )
-        params = {f"v_{name}": value for name, value in values.items()}
-        return self.connection.execute(stmt, params).scalar_one_or_none()
+    _RECORD = (
+        "department", "external_event_id", "external_id", "raw_code", "raw_text",
+        "occurred_at", "sequence", "received_at", "payload",
+    )  # fmt: skip
 
-    def settle(self, row_id: int, outcome: str, case_id: str | None = None) -> None:
+    def record_many(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert-ignore a page of one department's events (distinct external event ids,
+        keys as `_RECORD`); returns the external event ids that were new. Inserted in id
+        order, so two syncs of overlapping pages take the unique index's locks alike."""
+        rows = sorted(rows, key=lambda row: row["external_event_id"])
+        values = [tuple(row[name] for name in self._RECORD) for row in rows]
+        return _insert_rows(
+            self.connection, t.inbound_events, self._RECORD, values, key="external_event_id"
+        )
+
+    def settle_many(self, department: str, outcomes: list[tuple[str, str, str | None]]) -> None:
+        """Write (external event id, outcome, case id) for rows `record_many` inserted."""
+        if not outcomes:
+            return
         ie = t.inbound_events.c
         stmt = _statement(
-            ("inbound_events.settle",),
+            ("inbound_events.settle_many",),
             lambda: (
                 update(t.inbound_events)
-                .where(ie.id == bindparam("b_id"))
+                .where(
+                    ie.department == bindparam("b_department"),
+                    ie.external_event_id == bindparam("b_event"),
+                )
                 .values(outcome=bindparam("b_outcome"), case_id=bindparam("b_case"))
             ),
         )
-        self.connection.execute(stmt, {"b_id": row_id, "b_outcome": outcome, "b_case": case_id})
+        params = [
+            {"b_department": department, "b_event": event, "b_outcome": outcome, "b_case": case}
+            for event, outcome, case in outcomes
+        ]
+        self.connection.execute(stmt, params)
 
     def counts(self, department: str | None = None) -> dict[str, int]:
         """Recorded events per outcome (the unmapped and orphan counters of the alerts)."""
@@ -1189,9 +1250,17 @@ class InboundEventRepository:
 class StatusUpdateRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._held = _HeldRows(connection, t.status_updates)
 
-    def add(self, **values: Any) -> int:
+    def held(self) -> contextlib.AbstractContextManager[None]:
+        """Updates added inside the block are written in one statement at its end."""
+        return self._held.held()
+
+    def add(self, **values: Any) -> int | None:
+        """The new row's id; None inside `held()`, where it is written later."""
         values.setdefault("at", utcnow())
+        if self._held.hold(tuple(values), [tuple(values.values())]):
+            return None
         stmt = _statement(  # built once per set of columns: status sync adds one per event
             ("status_updates.add", tuple(sorted(values))),
             lambda: (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from types import TracebackType
 
 from sqlalchemy import Connection, Engine
@@ -58,6 +60,13 @@ class UnitOfWork:
     # autobegin, through the same begin event: BEGIN IMMEDIATE on SQLite). Beginning it at
     # once would take SQLite's write lock only to give it back at exit, for every unit of
     # work that ends with its commit, as most do.
+
+    @contextlib.contextmanager
+    def appends_held(self) -> Iterator[None]:
+        """Timeline events and status updates added inside the block are written in one
+        statement each when it ends (status sync's page); reads inside it do not see them."""
+        with self.timeline.held(), self.status_updates.held():
+            yield
 
     def commit(self) -> None:
         transaction = self.connection.get_transaction()  # type: ignore[union-attr]

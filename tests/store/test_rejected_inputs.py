@@ -164,19 +164,26 @@ def test_inbound_counts_per_outcome(engine) -> None:
         return {
             "department": department,
             "external_event_id": f"e-{n}",
+            "external_id": None,
             "raw_code": "New",
+            "raw_text": None,
             "occurred_at": T0,
+            "sequence": None,
             "received_at": T0,
             "payload": {},
         }
 
     with UnitOfWork(engine) as uow:
-        for n, outcome in enumerate(["applied", "applied", "orphan"]):
-            uow.inbound.settle(uow.inbound.record(event(n)), outcome)
-        uow.inbound.settle(uow.inbound.record(event(9, "sanitation")), "unmapped")
+        assert uow.inbound.record_many([event(n) for n in range(3)]) == {"e-0", "e-1", "e-2"}
+        assert uow.inbound.record_many([event(1), event(3)]) == {"e-3"}  # e-1 seen before
+        outcomes = ["applied", "applied", "orphan", "orphan"]
+        settled = [(f"e-{n}", outcome, None) for n, outcome in enumerate(outcomes)]
+        uow.inbound.settle_many("publicworks", settled)
+        assert uow.inbound.record_many([event(9, "sanitation")]) == {"e-9"}
+        uow.inbound.settle_many("sanitation", [("e-9", "unmapped", None)])
         uow.commit()
-        assert uow.inbound.counts("publicworks") == {"applied": 2, "orphan": 1}
-        assert uow.inbound.counts() == {"applied": 2, "orphan": 1, "unmapped": 1}
+        assert uow.inbound.counts("publicworks") == {"applied": 2, "orphan": 2}
+        assert uow.inbound.counts() == {"applied": 2, "orphan": 2, "unmapped": 1}
 
 
 # --------------------------------------------------------------------------- migration

@@ -170,6 +170,56 @@ async def test_duplicates_out_of_order_unmapped_and_orphans_are_no_ops(city) -> 
     await hub.aclose()
 
 
+async def test_one_page_follows_each_work_order_it_writes_linked_or_found_by_reference(
+    city,
+) -> None:
+    """A page is read set-wise at its start. Each event must still see what the page's
+    earlier events wrote: the work order and case of the first case (linked) are read
+    once for the page and anew after each write; the second case's record is found by
+    hub reference and linked by the page's first event. A second copy of an event inside
+    the page is a duplicate."""
+    hub, cases, orders = await delivered_cases(city, 2)
+    linked_id, unlinked_id = (c.hub_id for c in cases)
+    with hub.uow() as uow:  # as if the department's record was seen before the create's answer
+        uow.work_orders.update(unlinked_id, "publicworks", external_id=None)
+        uow.commit()
+
+    def steps(case_id: str, *, by_reference: bool) -> list[StatusEvent]:
+        order = orders[case_id]
+        made = [event(order, code, seq, f"{case_id}-{code}-{seq}") for code, seq in STEPS]
+        if by_reference:
+            made = [e.model_copy(update={"hub_reference": case_id}) for e in made]
+        return made
+
+    # Out of order, the first event twice, and on the linked case a Dispatch in the same
+    # second as its Closed, after it: only the work order as Closed left it makes that
+    # Dispatch stale (a tie the lifecycle puts before), not a refused move back.
+    linked = steps(linked_id, by_reference=False)
+    tie = event(orders[linked_id], "Dispatch", "0003", "same-second")
+    page = [*reversed(linked), tie, *reversed(steps(unlinked_id, by_reference=True)), linked[0]]
+    result = StatusSync(hub).apply("publicworks", page, source="poll")
+    assert dict(result.outcomes) == {"no_op": 2, "applied": 4, "stale": 1, "duplicate": 1}
+    for case_id in (linked_id, unlinked_id):
+        with hub.uow() as uow:
+            order = uow.work_orders.get(case_id, "publicworks")
+            case = uow.cases.get(case_id)
+            changes = [e.detail["raw_code"] for e in uow.timeline.for_case(case_id)
+                       if e.kind == "status_changed" and e.source == "poll"]  # fmt: skip
+            rows = uow.status_updates.between(datetime.min.replace(tzinfo=UTC), datetime.now(UTC))
+        assert order.external_id == orders[case_id].external_id and order.raw_status == "Closed"
+        assert case.status is CaseStatus.RESOLVED
+        assert changes == ["Dispatch", "Closed"]  # in the department's order
+        assert [(u.raw_code, u.status) for u in rows if u.case_id == case_id][-2:] == [
+            ("Dispatch", "onsite"),
+            ("Closed", "resolved"),
+        ]
+    assert inbound_counts(hub, "publicworks") == {"no_op": 2, "applied": 4, "stale": 1}
+    await hub.aclose()
+
+
+STEPS = [("New", "0001"), ("Dispatch", "0002"), ("Closed", "0003")]
+
+
 def test_poll_window_widens_across_the_fall_back_hour() -> None:
     # 01:50 EDT on 2026-11-01 (05:50Z); the clocks go back at 06:00Z to 01:00 EST.
     watermark = datetime(2026, 11, 1, 5, 50, tzinfo=UTC)
