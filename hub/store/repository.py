@@ -777,10 +777,14 @@ class OutboxRepository:
     @classmethod
     def _claim_each_statement(cls):
         o = t.outbox
+        # AS wanted(name), a column list: without it PostgreSQL read wanted.name as the
+        # function call name(wanted), compared department as type `name` and could not
+        # use the index's order: it read, probed and sorted every pending row of the
+        # department per claim (15 ms at 4,000 rows, 70% of the backend's CPU).
         names = (
             func.unnest(bindparam("b_departments", type_=postgresql.ARRAY(String)))
             .table_valued("name")
-            .alias("wanted")
+            .render_derived(name="wanted")
         )
         picked = (
             select(o.c.id)

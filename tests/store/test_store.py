@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import event
 
 from hub.model import (
     Attachment,
@@ -17,6 +18,7 @@ from hub.model import (
     Requester,
     WorkOrder,
 )
+from hub.store.db import make_engine
 from hub.store.repository import DepartmentHealth, OutboxState, StaleCase
 from hub.store.uow import UnitOfWork
 
@@ -358,6 +360,49 @@ def test_an_older_department_status_never_overwrites_a_newer_one(engine) -> None
         uow.commit()
         order = uow.work_orders.get(case.hub_id, "publicworks")
     assert (order.raw_status, order.last_sequence) == ("Closed", "2026-05-01T12:02")
+
+
+def test_claim_each_on_postgresql_reads_only_what_it_claims(postgres_url: str) -> None:
+    """The one-statement claim must walk each department's rows in the index's order and
+    stop at its limit. When the LATERAL join's department compared as another type, it
+    read, probed and sorted every pending row of the department on every claim."""
+    engine = make_engine(postgres_url)
+    with UnitOfWork(engine) as uow:  # sanitation's 300 rows are due before public works' 300
+        for n in range(600):
+            case = a_case(n)
+            uow.cases.add(case)
+            department = "sanitation" if n < 300 else "publicworks"
+            enqueue(uow, case.hub_id, dept=department, due=T0 - timedelta(seconds=600 - n))
+        uow.commit()  # no ANALYZE: right after a bulk intake the planner has no statistics
+    sent: list[tuple[str, dict]] = []
+
+    def record(conn, cursor, statement, parameters, *args) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with UnitOfWork(engine) as uow:
+            claimed = uow.outbox.claim_each(
+                worker="w", departments=["publicworks"], limit=5, lease=LEASE, now=T0
+            )
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert len(claimed) == 5
+    [(sql, params)] = [(q, p) for q, p in sent if "picked" in q]
+    with engine.connect() as conn:
+        [[plan]] = conn.exec_driver_sql("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).one()
+    engine.dispose()
+    nodes = list(plan_nodes(plan["Plan"]))
+    assert "Sort" not in {node["Node Type"] for node in nodes}
+    scans = [n for n in nodes if n.get("Relation Name") == "outbox" and n.get("Alias") != "prior"]
+    read = [n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0) for n in scans]
+    assert read and max(read) <= 10, scans  # 5 claimed (+ the row found by id)
+
+
+def plan_nodes(node: dict):
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
 
 
 def test_claim_each_takes_up_to_the_limit_from_every_department_in_due_order(engine) -> None:
