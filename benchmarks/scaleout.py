@@ -44,7 +44,12 @@ if str(ROOT) not in sys.path:
 from sqlalchemy import func, select  # noqa: E402
 
 from benchmarks.dispatch import free_port, sim_admin, sim_state, wait_until_answering  # noqa: E402
-from benchmarks.proc_cpu import machine_cpu, process_cpu  # noqa: E402
+from benchmarks.proc_cpu import (  # noqa: E402
+    all_processes,
+    machine_cpu,
+    postgres_cpu,
+    process_cpu,
+)
 from hub.config import WorkerConfig  # noqa: E402
 from hub.services.intake import IntakeService  # noqa: E402
 from hub.services.runtime import Hub  # noqa: E402
@@ -78,7 +83,7 @@ def simulator(department: str, latency_ms: int, log: Path):
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until_answering(url, proc)
-        yield SimpleNamespace(url=url)
+        yield SimpleNamespace(url=url, pid=proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -97,6 +102,7 @@ class Run:
     machine_cpu_busy: float  # 0..1 over all cores
     worker_cpu_s: float  # CPU seconds used by the workers during the run
     worker_cpu_share: float  # of the machine's capacity
+    cpu_ms_per_case: dict[str, float]  # machine CPU per delivered case, by role
 
 
 def cases_for(hub: Hub, n: int, seed: int) -> list:
@@ -139,6 +145,7 @@ def one_run(
         time.sleep(args.warmup)  # imports and first idle poll, outside the clock
         try:
             before_cpu = {p.pid: process_cpu(p.pid) or 0.0 for p in pool.processes.values()}
+            before_roles = role_cpu(servers)
             busy0, total0 = machine_cpu()
             started = time.perf_counter()
             IntakeService(hub).submit_many(cases, actor="scaleout")
@@ -147,6 +154,7 @@ def one_run(
             seconds = time.perf_counter() - started
             busy1, total1 = machine_cpu()
             used = sum((process_cpu(pid) or 0.0) - c for pid, c in before_cpu.items())
+            roles = {k: v - before_roles[k] for k, v in role_cpu(servers).items()}
         finally:
             pool.stop()
         done = delivered(hub)
@@ -164,7 +172,22 @@ def one_run(
         "machine_cpu_busy": (busy1 - busy0) / max(1.0, total1 - total0),
         "worker_cpu_s": used,
         "worker_cpu_share": used / (seconds * cores),
+        # Machine CPU per delivered case by role: where a 2-core machine's capacity goes.
+        "cpu_ms_per_case": {
+            "workers": used / max(1, done) * 1000,
+            **{k: v / max(1, done) * 1000 for k, v in roles.items()},
+            "machine": (busy1 - busy0) / max(1, done) * 1000,
+        },
     }
+
+
+def role_cpu(servers: dict[str, Any]) -> dict[str, float]:
+    """CPU seconds so far of the rig's parts: each simulator, PostgreSQL (all its
+    processes) and this process (intake and the progress queries)."""
+    found = {f"simulator_{d}": process_cpu(s.pid) or 0.0 for d, s in servers.items()}
+    found["postgres"] = sum(postgres_cpu(all_processes()).values())
+    found["intake_and_rig"] = process_cpu(os.getpid()) or 0.0
+    return found
 
 
 def table(runs: list[Run]) -> str:
@@ -179,6 +202,11 @@ def table(runs: list[Run]) -> str:
             f" {r.speedup:>7.2f}x {r.duplicates:>5} {r.delivered:>9}"
             f" {r.machine_cpu_busy:>7.0%} {r.worker_cpu_share:>10.0%}"
         )
+    roles = list(runs[0].cpu_ms_per_case) if runs else []
+    lines += ["", "CPU ms per case: " + " / ".join(roles)]
+    for r in runs:
+        figures = " / ".join(f"{r.cpu_ms_per_case[k]:.2f}" for k in roles)
+        lines.append(f"{r.concurrency:>9} {r.workers:>7}  {figures}")
     return "\n".join(lines)
 
 
@@ -245,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 "name": series_name(runs),
                 "concurrency_per_worker": runs[0].concurrency,
                 "speedup_max_workers": round(runs[-1].speedup, 2),
-                "runs": [
-                    {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(r).items()}
-                    for r in runs
-                ],
+                "runs": [{k: _rounded(v) for k, v in asdict(r).items()} for r in runs],
             }
             for runs in series
         ],
@@ -258,6 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
     print(json.dumps(doc))
     return 0 if doc["duplicates"] == 0 else 1
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 3) if isinstance(value, float) else value
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ log = logging.getLogger(__name__)
 BURST_SECONDS = 0.25
 MAX_BURST_SECONDS = 0.5
 TURN_SMOOTHING = 0.2  # weight of the newest turn in the moving average
+# Group commit: finished calls wait for the next turn until as many as a claim brings have
+# finished, at most this long, and only while claimed rows keep the calls going. A turn
+# costs about the same for one attempt as for a batch; a latency-bound worker (8 calls in
+# flight, 50 ms answers) that turned on every finished call spent a third more CPU per
+# case. The wait adds at most this much to a case's way to "delivered".
+GATHER_SECONDS = 0.05
 
 # Outcomes of one attempt.
 DELIVERED, ADOPTED, DONE = "delivered", "adopted", "done"
@@ -237,6 +243,20 @@ class _Flow:
     def _woken(self, _: asyncio.Future) -> None:
         self.wake.set()
 
+    async def gather(self, target: int, seconds: float) -> None:
+        """Let finished calls gather for the next turn (group commit): until `target` have
+        finished or `seconds` pass, and only while claimed rows keep the free slots busy.
+        (See GATHER_SECONDS.)"""
+        deadline = perf_counter() + seconds
+        while len(self.done_tasks) < target and self.ready:
+            left = deadline - perf_counter()
+            if left <= 0:
+                return
+            self.wake.clear()
+            self.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), timeout=left)
+
     async def wait(self, seconds: float) -> None:
         """Until a call finishes or `seconds` pass (the poll interval for new rows)."""
         if self.done_tasks:
@@ -272,6 +292,7 @@ class Dispatcher:
         self.idle_seconds = cfg.idle_poll_seconds
         # Rows claimed beyond the calls in flight, ready to start the moment a call ends.
         self.prefetch = min(cfg.concurrency, cfg.batch_size) if prefetch is None else prefetch
+        self.gather_target = max(1, min(cfg.concurrency, cfg.batch_size))
         self.stats = DispatchStats()
         self.turn_seconds = 0.0  # moving average of a turn, lock waits included
         self._rotation = 0  # which free department claims first this turn
@@ -326,7 +347,10 @@ class Dispatcher:
                 return
             full = capacity > 0 and len(claimed) >= min(self.batch_size, capacity)
             if flow.done_tasks or (full and flow.room() > 0):
-                continue  # more to settle or, likely, more due: turn again now
+                # More to settle or, likely, more due: turn again once more calls have
+                # finished (at once when no claimed row waits for a free slot).
+                await flow.gather(self.gather_target, GATHER_SECONDS)
+                continue
             if not flow.inflight and not flow.ready:
                 if drain and not claimed:
                     return
