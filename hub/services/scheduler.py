@@ -25,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from hub.adapters import DeliveryError
 from hub.model import PeriodicJob, utcnow
 from hub.services.runtime import Hub
 from hub.services.sync import StatusSync
@@ -85,6 +86,9 @@ class Scheduler:
         except asyncio.CancelledError:  # the process is stopping: say so, then stop
             await asyncio.to_thread(self._finish, job, slot, "cancelled", {})
             raise
+        except DeliveryError as exc:  # the department failed, classified: one line is enough
+            log.warning("scheduled job %s/%s failed: %s", job, slot, exc.message)
+            outcome, detail = "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]}
         except Exception as exc:  # recorded on the run; the next slot tries again
             log.exception("scheduled job %s/%s failed", job, slot)
             outcome, detail = "failed", {"error": f"{type(exc).__name__}: {exc}"[:500]}

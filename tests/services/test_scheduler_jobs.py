@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from hub.adapters import Transient
 from hub.model import PeriodicJob
 from hub.services.runtime import Hub
 from hub.services.scheduler import EPOCH, Scheduler, interval_slot
@@ -91,6 +92,33 @@ async def test_a_failing_interval_job_is_recorded_and_its_next_slot_runs(
     assert await scheduler.periodic(job) is True
     outcomes = [(row[3], row[4]) for row in runs(hub)]
     assert outcomes == [("failed", {"error": "RuntimeError: no luck"})] * 2
+    hub.dispose()
+
+
+async def test_a_department_failure_is_one_warning_line_and_an_unexpected_one_a_traceback(
+    city: SimulatedCity, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A classified department failure (an injected 503 under a poll) is routine for an
+    operator: one WARNING line. Anything else is a bug: ERROR with its traceback."""
+    hub = city.hub()
+
+    async def department_down(got: Hub) -> None:
+        raise Transient("publicworks Search: HTTP 503", status_code=503)
+
+    async def broken(got: Hub) -> None:
+        raise RuntimeError("no luck")
+
+    scheduler = Scheduler(hub, worker_id="w", clock=lambda: NOON)
+    with caplog.at_level("WARNING", logger="hub.services.scheduler"):
+        await scheduler.periodic(
+            PeriodicJob(name="test:down", every_seconds=30, run=department_down)
+        )
+        await scheduler.periodic(PeriodicJob(name="test:broken", every_seconds=30, run=broken))
+    down, bug = caplog.records
+    assert down.levelname == "WARNING" and down.exc_info is None
+    assert "HTTP 503" in down.getMessage()
+    assert bug.levelname == "ERROR" and bug.exc_info is not None
+    assert [row[3] for row in runs(hub)] == ["failed", "failed"]  # both recorded on the run
     hub.dispose()
 
 
