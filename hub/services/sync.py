@@ -595,7 +595,8 @@ class _Page:
         if event.external_id:
             order = self.orders.get(event.external_id)
             if order is None and event.external_id in self.written:
-                order = uow.work_orders.by_external_id(event.department, event.external_id)
+                found = uow.work_orders.by_external_ids(event.department, [event.external_id])
+                order = found.get(event.external_id)
             if order is not None:
                 return order
         if event.hub_reference:

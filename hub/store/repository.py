@@ -458,21 +458,8 @@ class WorkOrderRepository:
         row = self.connection.execute(stmt, {"b_case": case_id, "b_department": department})
         return _work_order(row.first())
 
-    def by_external_id(self, department: str, external_id: str) -> WorkOrder | None:
-        """Read once per status event a department reports: the statement is built once."""
-        wo = t.work_orders.c
-        stmt = _statement(
-            ("work_orders.by_external_id",),
-            lambda: select(t.work_orders).where(
-                wo.department == bindparam("b_department"),
-                wo.external_id == bindparam("b_external"),
-            ),
-        )
-        row = self.connection.execute(stmt, {"b_department": department, "b_external": external_id})
-        return _work_order(row.first())
-
     def by_external_ids(self, department: str, external_ids: Sequence[str]) -> dict[str, WorkOrder]:
-        """by_external_id for a page of status events, in one query."""
+        """Work orders by the department's ids (a page of status events), in one query."""
         if not external_ids:
             return {}
         wo = t.work_orders.c

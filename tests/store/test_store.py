@@ -142,7 +142,7 @@ def test_work_order_unique_per_case_and_department(engine) -> None:
             raw_status="New",
         )
         uow.commit()
-        order = uow.work_orders.by_external_id("publicworks", "77")
+        order = uow.work_orders.by_external_ids("publicworks", ["77"])["77"]
     assert order.case_id == case.hub_id and order.delivery_state is DeliveryState.DELIVERED
 
 
