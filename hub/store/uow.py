@@ -41,8 +41,12 @@ class UnitOfWork:
         self.connection: Connection | None = None
 
     def __enter__(self) -> UnitOfWork:
+        # No BEGIN here: the first statement begins the transaction (SQLAlchemy's
+        # autobegin, through the begin event). On SQLite that BEGIN IMMEDIATE takes the one
+        # write lock, so what a unit of work computes before its first statement (rows
+        # built, JSON encoded, parameters bound) is done before the lock, not while other
+        # writers queue for it.
         self.connection = self.engine.connect()
-        self.connection.begin()
         conn = self.connection
         self.cases = CaseRepository(conn)
         self.timeline = TimelineRepository(conn)
@@ -56,10 +60,9 @@ class UnitOfWork:
         self.rejected = RejectedInputRepository(conn)
         return self
 
-    # After commit or rollback the next statement begins the next transaction (SQLAlchemy's
-    # autobegin, through the same begin event: BEGIN IMMEDIATE on SQLite). Beginning it at
-    # once would take SQLite's write lock only to give it back at exit, for every unit of
-    # work that ends with its commit, as most do.
+    # After commit or rollback the next statement likewise begins the next transaction.
+    # Beginning it at once would take SQLite's write lock only to give it back at exit, for
+    # every unit of work that ends with its commit, as most do.
 
     @contextlib.contextmanager
     def appends_held(self) -> Iterator[None]:
