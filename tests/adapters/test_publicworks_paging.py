@@ -247,9 +247,7 @@ async def test_windows_across_the_fall_back_hour_miss_nothing(adapter, server) -
     ids = simulator.seed((f"case-{n}", "Closed") for n in range(60))
     for n, rid in enumerate(ids):  # every 4 minutes: 00:10 EDT … 03:06 EST
         at = first + timedelta(minutes=4 * n)
-        simulator.records[rid]["DateTimeModified"] = at.astimezone(zone).strftime(
-            "%Y-%m-%dT%H:%M:%S"
-        )
+        simulator.rewrite(rid, DateTimeModified=at.astimezone(zone).strftime("%Y-%m-%dT%H:%M:%S"))
     since, seen, pages = first - timedelta(minutes=1), set(), 0
     while True:
         page = await adapter.poll_changes(since)

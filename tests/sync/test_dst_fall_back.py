@@ -132,8 +132,8 @@ async def test_polls_across_the_repeated_hour_lose_nothing(city, monkeypatch) ->
     hub, _cases, orders = await delivered_cases(city, 2)
     simulator = sim(city)
     (case_a, order_a), (case_b, order_b) = orders.items()
-    for record in simulator.records.values():  # created "yesterday"
-        record["DateTimeModified"] = "2026-10-31T12:00:00"
+    for rid in list(simulator.records):  # created "yesterday"
+        simulator.rewrite(rid, DateTimeModified="2026-10-31T12:00:00")
     with hub.uow() as uow:
         uow.cursors.set("publicworks", utc(5, 0))
         uow.commit()
@@ -159,8 +159,8 @@ async def test_paged_polls_across_the_repeated_hour_lose_nothing(city, monkeypat
     hub, _cases, orders = await delivered_cases(city, 12)
     simulator = sim(city)
     hub.adapter("publicworks").config.max_changes_per_poll = 3
-    for record in simulator.records.values():
-        record["DateTimeModified"] = "2026-10-31T12:00:00"
+    for rid in list(simulator.records):
+        simulator.rewrite(rid, DateTimeModified="2026-10-31T12:00:00")
     with hub.uow() as uow:
         uow.cursors.set("publicworks", utc(4, 30))
         uow.commit()

@@ -241,13 +241,11 @@ async def test_naive_department_times_across_dst_are_found_and_stored_in_utc(cit
     (a_id, a), (b_id, b) = orders.items()
     simulator = sim(city)
     # The crew's tablets write naive New York wall time; both land in the repeated hour.
-    with simulator.lock:
-        for order, status, stamp in (
-            (a, "Dispatch", "2026-11-01T01:50:00"),
-            (b, "Closed", "2026-11-01T01:05:00"),
-        ):
-            record = simulator.records[int(order.external_id)]
-            record["Status"], record["DateTimeModified"] = status, stamp
+    for order, status, stamp in (
+        (a, "Dispatch", "2026-11-01T01:50:00"),
+        (b, "Closed", "2026-11-01T01:05:00"),
+    ):
+        simulator.rewrite(int(order.external_id), Status=status, DateTimeModified=stamp)
     with hub.uow() as uow:  # last poll reached 01:50 EDT
         uow.cursors.set("publicworks", datetime(2026, 11, 1, 5, 50, tzinfo=UTC))
         uow.commit()

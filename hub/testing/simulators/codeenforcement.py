@@ -27,9 +27,11 @@ laughs") that a client must refuse without expanding.
 from __future__ import annotations
 
 import base64
+import bisect
+import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import date, datetime, timedelta
 from importlib import resources
 from typing import Any
@@ -256,6 +258,11 @@ class CodeEnforcementSimulator(BaseSimulator):
             # ExternalReference → CaseIds, oldest first: the real system indexes the field,
             # and a scan per lookup made a 10,000-case soak's lookups time out here.
             self.by_reference: dict[str, list[str]] = {}
+            # Indexes a real system keeps too, so polls and inspectors stay O(changes), not
+            # O(records), however many records a long replay leaves here: (StatusDate,
+            # CaseId) in date order (GetCasesChangedSince) and the CaseIds of open cases.
+            self.status_log: list[tuple[datetime, str]] = []
+            self.open_ids: dict[str, None] = {}
             self.events: list[dict[str, Any]] = []
             self.files: dict[int, tuple[str, bytes]] = {}
             self.create_calls: Counter[str] = Counter()
@@ -274,6 +281,26 @@ class CodeEnforcementSimulator(BaseSimulator):
         self._last_local = now
         return now
 
+    def _indexed(self, record: dict[str, Any]) -> None:
+        """Index a record's new status date and open/closed state (callers hold the lock).
+        Status dates only grow (local_now), so the insort appends."""
+        case_id = record["CaseId"]
+        bisect.insort(self.status_log, (record["StatusDate"], case_id))
+        if record["StatusType"] in FINAL_TYPES:
+            self.open_ids.pop(case_id, None)
+        else:
+            self.open_ids[case_id] = None
+
+    def _changed_since(self, since: datetime) -> Iterator[dict[str, Any]]:
+        """Records whose status date is at or after `since`, in date order: each once,
+        at its latest change (an earlier entry of a record changed since is skipped)."""
+        with self.lock:
+            entries = self.status_log[bisect.bisect_left(self.status_log, (since, "")) :]
+        for stamp, case_id in entries:
+            record = self.records.get(case_id)
+            if record is not None and record["StatusDate"] == stamp:
+                yield record
+
     def _new_id(self) -> int:
         value, self._next_id = self._next_id, self._next_id + 1
         return value
@@ -283,6 +310,7 @@ class CodeEnforcementSimulator(BaseSimulator):
     def _set_status(self, record: dict[str, Any], status: str) -> dict[str, Any]:
         previous, now = record["Status"], self.local_now()
         record.update(Status=status, StatusType=STATUS_TYPES[status], StatusDate=now)
+        self._indexed(record)
         if STATUS_TYPES[status] in FINAL_TYPES:
             record["ClosedDate"] = now
         elif status == "Reopened":
@@ -444,6 +472,7 @@ class CodeEnforcementSimulator(BaseSimulator):
             record = self._new_record(case)
             self.records[record["CaseId"]] = record
             self.by_reference.setdefault(str(reference), []).append(record["CaseId"])
+            self._indexed(record)
             event = {"Sequence": len(self.events) + 1, "CaseId": record["CaseId"]}
             self.events.append(
                 {**event, "ExternalReference": reference, "OldStatus": None,
@@ -471,10 +500,7 @@ class CodeEnforcementSimulator(BaseSimulator):
             limit = int(data.get("MaxResults") or 100)
         except ValueError:
             raise ServiceFault("VALIDATION_ERROR", "Since must be an xsd:dateTime") from None
-        changed = sorted(
-            (r for r in list(self.records.values()) if r["StatusDate"] >= since),
-            key=lambda r: r["StatusDate"],
-        )
+        changed = list(itertools.islice(self._changed_since(since), limit + 1))
         answer = E.GetCasesChangedSinceResponse(*(self._case_xml(r) for r in changed[:limit]))
         answer.append(E.More("true" if len(changed) > limit else "false"))
         return answer
@@ -674,16 +700,15 @@ class CodeEnforcementSimulator(BaseSimulator):
         if status is not None and status not in STATUS_TYPES:
             raise ValueError(f"unknown status {status!r}")
         with self.lock:
-            pool = (
-                [self.records[i] for i in case_ids if i in self.records]
-                if case_ids
-                else list(self.records.values())
-            )
             reopen = status == "Reopened"  # only a closed case can be reopened
-            open_records = [r for r in pool if (r["StatusType"] in FINAL_TYPES) == reopen]
-            return [
-                self._step(r, close=close, status=status) for r in open_records[: max(0, count)]
-            ]
+            if case_ids:
+                pool: Iterable[str] = case_ids
+            else:
+                pool = list(self.records) if reopen else self.open_ids
+            records = (self.records[i] for i in pool if i in self.records)
+            workable = (r for r in records if (r["StatusType"] in FINAL_TYPES) == reopen)
+            picked = list(itertools.islice(workable, max(0, count)))
+            return [self._step(r, close=close, status=status) for r in picked]
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:

@@ -23,8 +23,11 @@ Timestamps are naive local time (America/New_York by default), as an on-prem ins
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import json
 import secrets
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -185,6 +188,12 @@ class PublicWorksSimulator(BaseSimulator):
             # OtherSystemId → RequestIds, oldest first: the real system indexes the field,
             # and a scan per lookup would make a 100,000-record backlog time out here.
             self.by_reference: dict[str, list[int]] = {}
+            # Indexes a real system keeps too, so polls and crews stay O(changes), not
+            # O(records), however many records a long replay leaves here: (modified,
+            # RequestId) in modification order (Search by DateModifiedBegin/End) and the
+            # RequestIds of open records (advance).
+            self.modified_log: list[tuple[datetime, int]] = []
+            self.open_ids: dict[int, None] = {}
             self.events: list[dict[str, Any]] = []
             self.history: dict[int, list[dict[str, Any]]] = {}  # RequestId → its events
             self.comments: dict[int, list[dict[str, Any]]] = {}
@@ -213,6 +222,7 @@ class PublicWorksSimulator(BaseSimulator):
     def _set_status(self, record: dict[str, Any], status: str) -> dict[str, Any]:
         previous, stamp = record["Status"], self._stamp()
         record["Status"], record["DateTimeModified"] = status, stamp
+        self._indexed(record)
         return self._event(record, previous, status, stamp)
 
     def _event(self, record: dict[str, Any], old: str | None, new: str, stamp: str) -> dict:
@@ -352,7 +362,12 @@ class PublicWorksSimulator(BaseSimulator):
             return error(ERR_INVALID_FIELD, "DateModifiedBegin/End must be ISO dates")
         statuses, reference = data.get("Status"), data.get("OtherSystemId")
         hits = []
-        for rid, record in list(self.records.items()):
+        with self.lock:  # an index hit is checked below against the record as it is now
+            candidates = list(self.records) if begin is None else self._modified_between(begin, end)
+        for rid in candidates:
+            record = self.records.get(rid)
+            if record is None:
+                continue
             modified = datetime.fromisoformat(record["DateTimeModified"])
             if (begin and modified < begin) or (end and modified > end):
                 continue
@@ -540,11 +555,12 @@ class PublicWorksSimulator(BaseSimulator):
             raise ValueError(f"unknown status {status!r}")
         with self.lock:
             pool = (
-                [self.records[_int(i)] for i in request_ids if _int(i) in self.records]
+                (self.records[_int(i)] for i in request_ids if _int(i) in self.records)
                 if request_ids
-                else list(self.records.values())
+                else (self.records[i] for i in self.open_ids if i in self.records)
             )
-            open_records = [r for r in pool if r["Status"] not in FINAL_STATUSES][: max(0, count)]
+            still_open = (r for r in pool if r["Status"] not in FINAL_STATUSES)
+            open_records = list(itertools.islice(still_open, max(0, count)))
             return [self._step(r, close=close, status=status) for r in open_records]
 
     def _step(self, record: dict[str, Any], *, close: bool, status: str | None) -> dict[str, Any]:
@@ -565,7 +581,36 @@ class PublicWorksSimulator(BaseSimulator):
         """Store a record and index its hub reference (callers hold the lock)."""
         self.records[record["RequestId"]] = record
         self.by_reference.setdefault(record["OtherSystemId"], []).append(record["RequestId"])
+        self._indexed(record)
         return record
+
+    def rewrite(self, request_id: int, **fields: Any) -> dict[str, Any]:
+        """Edit a record's fields in place, as the department's own staff or tablets would
+        (a hand-typed DateTimeModified, a status set outside the workflow), keeping the
+        simulator's indexes right. Tests edit records through this, never directly."""
+        with self.lock:
+            record = self.records[_int(request_id)]
+            record.update(fields)
+            self._indexed(record)
+            return record
+
+    def _indexed(self, record: dict[str, Any]) -> None:
+        """Index a record's new modification time and open/final state (callers hold the
+        lock). Stamps only grow (local_now), so the insort appends."""
+        rid = record["RequestId"]
+        bisect.insort(self.modified_log, (datetime.fromisoformat(record["DateTimeModified"]), rid))
+        if record["Status"] in FINAL_STATUSES:
+            self.open_ids.pop(rid, None)
+        else:
+            self.open_ids[rid] = None
+
+    def _modified_between(self, begin: datetime, end: datetime | None) -> list[int]:
+        """RequestIds with a modification in [begin, end], in RequestId order."""
+        start = bisect.bisect_left(self.modified_log, (begin, 0))
+        stop = len(self.modified_log)
+        if end is not None:
+            stop = bisect.bisect_right(self.modified_log, (end, sys.maxsize))
+        return sorted({rid for _, rid in self.modified_log[start:stop]})
 
     # -- drift for reconciliation tests (simulator-only) ------------------------------
 

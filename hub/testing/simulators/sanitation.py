@@ -126,6 +126,9 @@ class SanitationSimulator(BaseSimulator):
     def clear(self) -> None:
         with self.lock:
             self.records: dict[str, dict[str, Any]] = {}
+            # Jobs not yet done, oldest first: crews pick from these, not from every job a
+            # long replay left here (pruned as they are met done).
+            self.open_refs: dict[str, None] = {}
             self.create_calls: Counter[str] = Counter()
             self.rows: list[dict[str, str]] = []  # status rows of the current window
             self.files: Counter[str] = Counter()
@@ -188,6 +191,7 @@ class SanitationSimulator(BaseSimulator):
         self.create_calls[hub_id] += 1
         ref = f"{self.next_ref:08d}"
         self.next_ref += 1
+        self.open_refs[ref] = None
         self.records[ref] = {
             "ContractorRef": ref,
             "CaseRef": hub_id,
@@ -206,8 +210,16 @@ class SanitationSimulator(BaseSimulator):
             raise TypeError(f"unknown options {sorted(options)}")
         changed: list[dict] = []
         with self.lock:
-            open_jobs = [r for r in self.records.values() if r["Status"] not in FINAL]
-            for record in open_jobs[:count]:
+            open_jobs = []
+            for ref in list(self.open_refs):
+                record = self.records.get(ref)
+                if record is None or record["Status"] in FINAL:
+                    del self.open_refs[ref]
+                    continue
+                if len(open_jobs) == count:
+                    break
+                open_jobs.append(record)
+            for record in open_jobs:
                 self.rows.append(self._step(record, close))
                 changed.append(dict(record))
             if changed:
