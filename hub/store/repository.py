@@ -311,7 +311,12 @@ class CaseRepository:
             ("cases.advance_status_many",),
             lambda: (
                 update(t.cases)
-                .where(tuple_(c.hub_id, c.version).in_(bindparam("b_pairs", expanding=True)))
+                # The plain IN on the key is what SQLite can search by: on a row value
+                # alone it scanned every case on every turn (PostgreSQL used the key).
+                .where(
+                    c.hub_id.in_(bindparam("b_ids", expanding=True)),
+                    tuple_(c.hub_id, c.version).in_(bindparam("b_pairs", expanding=True)),
+                )
                 .values(
                     status=bindparam("b_status"),
                     version=c.version + 1,
@@ -321,7 +326,12 @@ class CaseRepository:
             ),
         )
         pairs = list(expected_versions.items())
-        values = {"b_pairs": pairs, "b_status": status, "b_at": at}
+        values = {
+            "b_ids": list(expected_versions),
+            "b_pairs": pairs,
+            "b_status": status,
+            "b_at": at,
+        }
         return set(self.connection.execute(stmt, values).scalars())
 
     def count(self) -> int:

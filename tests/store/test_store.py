@@ -438,3 +438,40 @@ def test_claim_each_takes_up_to_the_limit_from_every_department_in_due_order(eng
         uow.commit()
     assert len(second) == 4  # the rest, none of them leased twice
     assert {i.id for i in second}.isdisjoint(i.id for i in first)
+
+
+def test_advancing_cases_on_sqlite_searches_by_key_not_every_case(tmp_path) -> None:
+    """Every turn moves its delivered cases forward in one UPDATE. On a row value alone,
+    (hub_id, version) IN (...), SQLite scanned the whole cases table each time: a
+    million-case replay slowed as it grew. The statement must search the key's index."""
+    from hub.store.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    with UnitOfWork(engine) as uow:
+        cases = [a_case(n) for n in range(3)]
+        for case in cases:
+            uow.cases.add(case)
+        uow.commit()
+    sent: list[tuple[str, tuple]] = []
+
+    def record(conn, cursor, statement, parameters, *args) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        with UnitOfWork(engine) as uow:
+            moved = uow.cases.advance_status_many(
+                {c.hub_id: c.version for c in cases[:2]}, status="in_queue", at=T0
+            )
+            uow.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert moved == {cases[0].hub_id, cases[1].hub_id}
+    [(sql, params)] = [(q, p) for q, p in sent if q.lstrip().upper().startswith("UPDATE CASES")]
+    with engine.connect() as conn:
+        plan = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+    engine.dispose()
+    assert any(step.startswith("SEARCH cases") for step in plan), plan
+    assert not any(step.startswith("SCAN cases") for step in plan), plan
