@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import event
@@ -374,19 +377,10 @@ def test_claim_each_on_postgresql_reads_only_what_it_claims(postgres_url: str) -
             department = "sanitation" if n < 300 else "publicworks"
             enqueue(uow, case.hub_id, dept=department, due=T0 - timedelta(seconds=600 - n))
         uow.commit()  # no ANALYZE: right after a bulk intake the planner has no statistics
-    sent: list[tuple[str, dict]] = []
-
-    def record(conn, cursor, statement, parameters, *args) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with UnitOfWork(engine) as uow:
-            claimed = uow.outbox.claim_each(
-                worker="w", departments=["publicworks"], limit=5, lease=LEASE, now=T0
-            )
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with statements_sent(engine) as sent, UnitOfWork(engine) as uow:
+        claimed = uow.outbox.claim_each(
+            worker="w", departments=["publicworks"], limit=5, lease=LEASE, now=T0
+        )
     assert len(claimed) == 5
     [(sql, params)] = [(q, p) for q, p in sent if "picked" in q]
     with engine.connect() as conn:
@@ -397,6 +391,21 @@ def test_claim_each_on_postgresql_reads_only_what_it_claims(postgres_url: str) -
     scans = [n for n in nodes if n.get("Relation Name") == "outbox" and n.get("Alias") != "prior"]
     read = [n.get("Actual Rows", 0) + n.get("Rows Removed by Filter", 0) for n in scans]
     assert read and max(read) <= 10, scans  # 5 claimed (+ the row found by id)
+
+
+@contextmanager
+def statements_sent(engine) -> Iterator[list[tuple[str, Any]]]:
+    """(SQL, parameters) of every statement the engine sends inside the block."""
+    sent: list[tuple[str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, *args) -> None:
+        sent.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
 
 
 def plan_nodes(node: dict):
@@ -454,20 +463,11 @@ def test_advancing_cases_on_sqlite_searches_by_key_not_every_case(tmp_path) -> N
         for case in cases:
             uow.cases.add(case)
         uow.commit()
-    sent: list[tuple[str, tuple]] = []
-
-    def record(conn, cursor, statement, parameters, *args) -> None:
-        sent.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        with UnitOfWork(engine) as uow:
-            moved = uow.cases.advance_status_many(
-                {c.hub_id: c.version for c in cases[:2]}, status="in_queue", at=T0
-            )
-            uow.commit()
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    with statements_sent(engine) as sent, UnitOfWork(engine) as uow:
+        moved = uow.cases.advance_status_many(
+            {c.hub_id: c.version for c in cases[:2]}, status="in_queue", at=T0
+        )
+        uow.commit()
     assert moved == {cases[0].hub_id, cases[1].hub_id}
     [(sql, params)] = [(q, p) for q, p in sent if q.lstrip().upper().startswith("UPDATE CASES")]
     with engine.connect() as conn:
