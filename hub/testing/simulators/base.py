@@ -17,12 +17,14 @@ bracket each department call with :meth:`BaseSimulator.begin` / :meth:`BaseSimul
 from __future__ import annotations
 
 import asyncio
+import bisect
 import json
 import random
 import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from enum import StrEnum
@@ -34,6 +36,37 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+
+# --------------------------------------------------------------------------- indexes
+
+
+class ChangeIndex:
+    """What a real department system indexes so its change feeds and work queues cost
+    O(changes), not O(records): every change as (stamp, key) in stamp order, and the keys
+    of open records in the order they opened. Callers hold the simulator's lock; a key's
+    earlier entries stay in the log, so readers check a hit against the record now."""
+
+    def __init__(self) -> None:
+        self.log: list[tuple[datetime, Hashable]] = []
+        self.open: dict[Hashable, None] = {}
+
+    def note(self, key: Hashable, stamp: datetime, *, is_open: bool) -> None:
+        bisect.insort(self.log, (stamp, key), key=lambda entry: entry[0])  # stamps grow
+        if is_open:
+            self.open.setdefault(key, None)
+        else:
+            self.open.pop(key, None)
+
+    def changed(self, begin: datetime, end: datetime | None = None) -> list[tuple]:
+        """(stamp, key) of the changes stamped in [begin, end], in stamp order."""
+        start = bisect.bisect_left(self.log, begin, key=lambda entry: entry[0])
+        stop = (
+            len(self.log)
+            if end is None
+            else bisect.bisect_right(self.log, end, key=lambda entry: entry[0])
+        )
+        return self.log[start:stop]
+
 
 # --------------------------------------------------------------------------- faults
 

@@ -27,7 +27,6 @@ laughs") that a client must refuse without expanding.
 from __future__ import annotations
 
 import base64
-import bisect
 import itertools
 import secrets
 from collections import Counter
@@ -47,6 +46,7 @@ from hub.testing.simulators.base import (
     ALL_FAULTS,
     HTML_ERROR_PAGE,
     BaseSimulator,
+    ChangeIndex,
     Fault,
     FaultProfile,
     serve_forever,
@@ -261,8 +261,7 @@ class CodeEnforcementSimulator(BaseSimulator):
             # Indexes a real system keeps too, so polls and inspectors stay O(changes), not
             # O(records), however many records a long replay leaves here: (StatusDate,
             # CaseId) in date order (GetCasesChangedSince) and the CaseIds of open cases.
-            self.status_log: list[tuple[datetime, str]] = []
-            self.open_ids: dict[str, None] = {}
+            self.index = ChangeIndex()
             self.events: list[dict[str, Any]] = []
             self.files: dict[int, tuple[str, bytes]] = {}
             self.create_calls: Counter[str] = Counter()
@@ -282,20 +281,16 @@ class CodeEnforcementSimulator(BaseSimulator):
         return now
 
     def _indexed(self, record: dict[str, Any]) -> None:
-        """Index a record's new status date and open/closed state (callers hold the lock).
-        Status dates only grow (local_now), so the insort appends."""
-        case_id = record["CaseId"]
-        bisect.insort(self.status_log, (record["StatusDate"], case_id))
-        if record["StatusType"] in FINAL_TYPES:
-            self.open_ids.pop(case_id, None)
-        else:
-            self.open_ids[case_id] = None
+        """Index a record's new status date and open/closed state (callers hold the lock)."""
+        self.index.note(
+            record["CaseId"], record["StatusDate"], is_open=record["StatusType"] not in FINAL_TYPES
+        )
 
     def _changed_since(self, since: datetime) -> Iterator[dict[str, Any]]:
         """Records whose status date is at or after `since`, in date order: each once,
         at its latest change (an earlier entry of a record changed since is skipped)."""
         with self.lock:
-            entries = self.status_log[bisect.bisect_left(self.status_log, (since, "")) :]
+            entries = self.index.changed(since)
         for stamp, case_id in entries:
             record = self.records.get(case_id)
             if record is not None and record["StatusDate"] == stamp:
@@ -704,7 +699,7 @@ class CodeEnforcementSimulator(BaseSimulator):
             if case_ids:
                 pool: Iterable[str] = case_ids
             else:
-                pool = list(self.records) if reopen else self.open_ids
+                pool = list(self.records) if reopen else self.index.open
             records = (self.records[i] for i in pool if i in self.records)
             workable = (r for r in records if (r["StatusType"] in FINAL_TYPES) == reopen)
             picked = list(itertools.islice(workable, max(0, count)))

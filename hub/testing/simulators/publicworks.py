@@ -23,11 +23,9 @@ Timestamps are naive local time (America/New_York by default), as an on-prem ins
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import json
 import secrets
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,6 +42,7 @@ from starlette.routing import BaseRoute, Route
 from hub.testing.simulators.base import (
     ALL_FAULTS,
     BaseSimulator,
+    ChangeIndex,
     Fault,
     FaultProfile,
     serve_forever,
@@ -192,8 +191,7 @@ class PublicWorksSimulator(BaseSimulator):
             # O(records), however many records a long replay leaves here: (modified,
             # RequestId) in modification order (Search by DateModifiedBegin/End) and the
             # RequestIds of open records (advance).
-            self.modified_log: list[tuple[datetime, int]] = []
-            self.open_ids: dict[int, None] = {}
+            self.index = ChangeIndex()
             self.events: list[dict[str, Any]] = []
             self.history: dict[int, list[dict[str, Any]]] = {}  # RequestId → its events
             self.comments: dict[int, list[dict[str, Any]]] = {}
@@ -363,7 +361,8 @@ class PublicWorksSimulator(BaseSimulator):
         statuses, reference = data.get("Status"), data.get("OtherSystemId")
         hits = []
         with self.lock:  # an index hit is checked below against the record as it is now
-            candidates = list(self.records) if begin is None else self._modified_between(begin, end)
+            changed = [] if begin is None else self.index.changed(begin, end)
+            candidates = list(self.records) if begin is None else sorted({k for _, k in changed})
         for rid in candidates:
             record = self.records.get(rid)
             if record is None:
@@ -557,7 +556,7 @@ class PublicWorksSimulator(BaseSimulator):
             pool = (
                 (self.records[_int(i)] for i in request_ids if _int(i) in self.records)
                 if request_ids
-                else (self.records[i] for i in self.open_ids if i in self.records)
+                else (self.records[i] for i in self.index.open if i in self.records)
             )
             still_open = (r for r in pool if r["Status"] not in FINAL_STATUSES)
             open_records = list(itertools.islice(still_open, max(0, count)))
@@ -596,21 +595,12 @@ class PublicWorksSimulator(BaseSimulator):
 
     def _indexed(self, record: dict[str, Any]) -> None:
         """Index a record's new modification time and open/final state (callers hold the
-        lock). Stamps only grow (local_now), so the insort appends."""
-        rid = record["RequestId"]
-        bisect.insort(self.modified_log, (datetime.fromisoformat(record["DateTimeModified"]), rid))
-        if record["Status"] in FINAL_STATUSES:
-            self.open_ids.pop(rid, None)
-        else:
-            self.open_ids[rid] = None
-
-    def _modified_between(self, begin: datetime, end: datetime | None) -> list[int]:
-        """RequestIds with a modification in [begin, end], in RequestId order."""
-        start = bisect.bisect_left(self.modified_log, (begin, 0))
-        stop = len(self.modified_log)
-        if end is not None:
-            stop = bisect.bisect_right(self.modified_log, (end, sys.maxsize))
-        return sorted({rid for _, rid in self.modified_log[start:stop]})
+        lock)."""
+        self.index.note(
+            record["RequestId"],
+            datetime.fromisoformat(record["DateTimeModified"]),
+            is_open=record["Status"] not in FINAL_STATUSES,
+        )
 
     # -- drift for reconciliation tests (simulator-only) ------------------------------
 
