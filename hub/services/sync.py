@@ -339,8 +339,10 @@ class StatusSync:
         return stored
 
     def _watermark(self, department: str, now: datetime) -> datetime:
-        """Stored watermark; the first poll starts at the department's oldest work order."""
-        with self.hub.uow() as uow:
+        """Stored watermark; the first poll starts at the department's oldest work order.
+        A read (on SQLite it does not queue behind the writers): only this department's
+        poll, which the scheduler runs once at a time, moves the watermark."""
+        with self.hub.read_uow() as uow:
             stored = uow.cursors.get(department)
             if stored is not None:
                 return stored
@@ -377,15 +379,17 @@ class StatusSync:
         # Stable: events of one sequence (a clock in whole seconds) keep the department's
         # own order, which is better evidence than their ids' alphabetical one.
         ordered = sorted(events, key=sequence_of)
+        fresh = self._not_yet_recorded(department, ordered)
         mapping = self.hub.mapping(department)
         for attempt in range(1, APPLY_ATTEMPTS + 1):
             result = SyncResult(department, source, received=len(ordered), watermark=watermark)
+            result.outcomes[DUPLICATE] += len(ordered) - len(fresh)
             notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
             try:
                 with self.hub.uow() as uow:
                     with uow.appends_held():  # written at the end of the page, before commit
-                        page = _Page.load(uow, department, ordered, source, self.clock())
-                        for event in ordered:
+                        page = _Page.load(uow, department, fresh, source, self.clock())
+                        for event in fresh:
                             outcome = self._apply_one(uow, page, mapping, event, source, notes)
                             result.outcomes[outcome] += 1
                         uow.inbound.settle_many(department, page.settled)
@@ -408,6 +412,20 @@ class StatusSync:
         if result.outcomes[UNMAPPED] or result.outcomes[ORPHAN]:
             log.warning("status sync %s: %s", department, result.as_dict())
         return result
+
+    def _not_yet_recorded(self, department: str, events: list[StatusEvent]) -> list[StatusEvent]:
+        """The events whose ids are not recorded yet, read before the transaction.
+
+        Overlapping polls and a contractor's overlapping files repeat most of what they
+        carry; a recorded id can only ever be a duplicate (its row and outcome were
+        committed together), so its repeats are counted here instead of being written,
+        probed and refused inside the write transaction, where other writers wait. An id
+        recorded between this read and the transaction is still refused there."""
+        if not events:
+            return events
+        with self.hub.read_uow() as uow:
+            recorded = uow.inbound.recorded(department, (e.external_event_id for e in events))
+        return [e for e in events if e.external_event_id not in recorded] if recorded else events
 
     def _apply_one(
         self,

@@ -104,6 +104,7 @@ def _insert_rows(
 
 
 _MAX_PARAMS = 30000  # below SQLite's 32,766 and PostgreSQL's 65,535 bound parameters
+RECORDED_CHUNK = 1000  # ids per IN list of InboundEventRepository.recorded
 
 
 def _insert_sql(dialect, table, columns, n_rows: int, key, ignore_conflicts: bool) -> str:
@@ -1216,6 +1217,25 @@ class InboundEventRepository:
         return _insert_rows(
             self.connection, t.inbound_events, self._RECORD, values, key="external_event_id"
         )
+
+    def recorded(self, department: str, external_event_ids: Iterable[str]) -> set[str]:
+        """Those of the ids already recorded for the department: a read, so status sync
+        can drop an overlapping poll's repeats before it takes the write lock."""
+        ie = t.inbound_events.c
+        stmt = _statement(
+            ("inbound_events.recorded",),
+            lambda: select(ie.external_event_id).where(
+                ie.department == bindparam("b_department"),
+                ie.external_event_id.in_(bindparam("b_ids", expanding=True)),
+            ),
+        )
+        wanted = sorted(set(external_event_ids))
+        found: set[str] = set()
+        for start in range(0, len(wanted), RECORDED_CHUNK):
+            chunk = wanted[start : start + RECORDED_CHUNK]
+            rows = self.connection.execute(stmt, {"b_department": department, "b_ids": chunk})
+            found.update(rows.scalars())
+        return found
 
     def settle_many(self, department: str, outcomes: list[tuple[str, str, str | None]]) -> None:
         """Write (external event id, outcome, case id) for rows `record_many` inserted."""

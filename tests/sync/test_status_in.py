@@ -17,6 +17,7 @@ from hub.services.sync import StatusSync, inbound_counts, poll_since
 from hub.services.webhooks import SIGNATURE_HEADER, signature_header
 from hub.testing.harness import SimulatedCity
 from tests.services.conftest import feed
+from tests.statements import statements
 from tests.sync.conftest import SECRET, deliver, make_hub, sim
 
 pytestmark = pytest.mark.timeout(120)
@@ -59,6 +60,19 @@ async def test_crews_close_work_orders_and_polling_resolves_the_cases(city) -> N
             assert update.closure_code == "completed" and update.raw_code == "Closed"
     again = await StatusSync(hub).poll("publicworks")  # overlap re-reads: all duplicates
     assert again.outcomes["applied"] == 0 and again.outcomes["duplicate"] >= 3
+    await hub.aclose()
+
+
+async def test_events_already_recorded_are_counted_before_the_write_transaction(city) -> None:
+    hub, _cases, _orders = await delivered_cases(city, 3)
+    sim(city).advance(3, close=True)
+    first = await StatusSync(hub).poll("publicworks")
+    assert first.outcomes["applied"] == 3
+    with statements(hub.engine) as sent:
+        again = await StatusSync(hub).poll("publicworks")  # the overlap: the same events
+    assert again.outcomes["duplicate"] == again.received >= 3 and again.outcomes["applied"] == 0
+    written = [s for s in sent if s.lstrip().upper().startswith(("INSERT", "UPDATE"))]
+    assert not [s for s in written if "inbound_events" in s]  # neither written nor probed
     await hub.aclose()
 
 
