@@ -90,6 +90,9 @@ _RANK = {SENT: 0, PENDING: 1, ABANDONED: 2}
 _CLOSED = 3  # _rank of a status that closes the work order
 # Rows of archived files kept parsed (1-2.5 kB each): a poll's overlap holds a few files.
 PARSED_ROWS_KEPT = 10_000
+# Rows turned into events, by content (a window repeats its rows file after file).
+ROW_EVENTS_KEPT = 10_000
+_MEANING = ("status", "closure_code", "note", "media_url")  # a row's event id fingerprint
 COMPACT_BATCHES = 2_000  # ledger entries folded per compaction run (keeps one run short)
 DAYS_LISTED_ONE_BY_ONE = 62  # a longer poll lists archive/ for the day folders that exist
 
@@ -223,6 +226,9 @@ class SanitationAdapter(Adapter):
         # archive name → its events (None: it no longer parses), least recently used first
         self._parsed: OrderedDict[str, list[DepartmentEvent] | None] = OrderedDict()
         self._parsed_rows = 0
+        self._row_events: OrderedDict[tuple[str, ...], tuple[DepartmentEvent, str]] = (
+            OrderedDict()
+        )
         self.index = LedgerIndex(self.drop)  # settled batches: read on a miss, not kept
         self._made: set[str] = set()  # archive day folders known to exist (recent ones)
         self._archive_flat_checked = False
@@ -529,6 +535,7 @@ class SanitationAdapter(Adapter):
             "known_refs": len(self._refs),
             "parsed_files": len(self._parsed),
             "parsed_rows": self._parsed_rows,
+            "row_events": len(self._row_events),
             "index_rows_cached": self.index.cached_rows,
         }
 
@@ -612,7 +619,9 @@ class SanitationAdapter(Adapter):
     def _keep_parsed(self, name: str, rows: list[DepartmentEvent] | None) -> None:
         self._parsed[name] = rows
         self._parsed_rows += len(rows or ())
-        while self._parsed_rows > PARSED_ROWS_KEPT and len(self._parsed) > 1:
+        # A page's files stay parsed: the next poll re-reads its overlap.
+        kept = max(PARSED_ROWS_KEPT, self.config.poll_page_rows)
+        while self._parsed_rows > kept and len(self._parsed) > 1:
             _, dropped = self._parsed.popitem(last=False)
             self._parsed_rows -= len(dropped or ())
 
@@ -772,18 +781,43 @@ class SanitationAdapter(Adapter):
         return self._known_external(hub_id) or contractor_ref or hub_id
 
     def _event(self, row: StatusRow, layout: CsvLayout) -> DepartmentEvent:
+        """The row as an event. The contractor's overlapping windows repeat each row in
+        file after file (at another line): a row seen before is built once and reused,
+        with this file's line in its sequence and today's knowledge of its external id."""
+        hub_id, code = row.get("reference"), row.get("status")
+        when, contractor = row.get("occurred_at"), row.get("external_id")
+        external_id = self._external_id(hub_id, contractor or None)
+        values = row.values
+        key = (hub_id, code, when, contractor, *[values.get(r, "") for r in _MEANING[1:]])
+        known = self._row_events.get(key)
+        if known is None:
+            known = self._row_events[key] = self._new_event(row, layout, external_id)
+            while len(self._row_events) > ROW_EVENTS_KEPT:
+                self._row_events.popitem(last=False)
+        else:
+            self._row_events.move_to_end(key)
+        event, prefix = known
+        sequence = f"{prefix}{row.line:06d}"
+        if event.sequence == sequence and event.external_id == external_id:
+            return event
+        return event.model_copy(update={"sequence": sequence, "external_id": external_id})
+
+    def _new_event(
+        self, row: StatusRow, layout: CsvLayout, external_id: str
+    ) -> tuple[DepartmentEvent, str]:
+        """The event of a row and its sequence's prefix (all of it but the line)."""
         hub_id, code = row.get("reference"), row.get("status")
         when = row.get("occurred_at")
         if not when:
             raise BadFile(f"line {row.line}: no date")
         occurred = parse_datetime(when, layout, self.zone)
         contractor = row.get("external_id")
-        external_id = self._external_id(hub_id, contractor or None)
         # Overlapping windows repeat rows: the id is the row's meaning, not its position.
-        meaning = "|".join((code, row.get("closure_code"), row.get("note"), row.get("media_url")))
+        meaning = "|".join(row.get(role) for role in _MEANING)
         fingerprint = hashlib.md5(meaning.encode(), usedforsecurity=False).hexdigest()[:10]
         stamp = occurred.strftime("%Y%m%dT%H%M%SZ")
-        return DepartmentEvent(
+        prefix = f"{stamp}:{self._rank(code)}:"
+        event = DepartmentEvent(
             department=self.department,
             external_event_id=f"{hub_id}:{code}:{stamp}:{fingerprint}",
             external_id=external_id,
@@ -791,11 +825,12 @@ class SanitationAdapter(Adapter):
             raw_code=code,
             raw_text=f"{code} (contractor ref {contractor})" if contractor else code,
             occurred_at=occurred,
-            sequence=f"{stamp}:{self._rank(code)}:{row.line:06d}",
+            sequence=f"{prefix}{row.line:06d}",
             closure_code=row.get("closure_code") or None,
             closure_text=row.get("note") or None,
             evidence=_photo(row.get("media_url")),
         )
+        return event, prefix
 
     def _rank(self, code: str) -> int:
         """Within one timestamp a later lifecycle stage sorts later (ACK < DISPATCHED < done):

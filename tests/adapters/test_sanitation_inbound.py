@@ -48,6 +48,36 @@ def test_overlapping_windows_give_the_same_event_ids(adapter: SanitationAdapter)
     assert ids == {e.external_event_id for e in adapter.events_of(reordered)}
 
 
+def test_a_row_repeated_lower_down_is_the_same_event_at_its_new_line(adapter) -> None:
+    # The next window repeats the rows below new ones: each is built once and reused, and
+    # still carries this file's line (its order within a second) and what the process
+    # has learned of its external id since.
+    _banner, header, first, second, _ = QUIRKY.split(b"\r\n")
+    new = b"05/02/2026 08:00,COLLECTED,h-3,00560252,,,,7"
+    later = b"\r\n".join([header, new, new.replace(b"h-3", b"h-4"), first, second, b""])
+    before = adapter.events_of(QUIRKY)
+    adapter._known_external = lambda hub_id: "WO-9" if hub_id == "h-2" else None
+    after = adapter.events_of(later)[2:]
+    for old, again, line in zip(before, after, ("000004", "000005"), strict=True):
+        assert again.external_event_id == old.external_event_id
+        assert again.sequence == old.sequence.rsplit(":", 1)[0] + ":" + line
+        assert again.model_dump(exclude={"sequence", "external_id"}) == old.model_dump(
+            exclude={"sequence", "external_id"}
+        )
+    assert (after[0].external_id, after[1].external_id) == ("00560250", "WO-9")
+    assert before[1].external_id == "00560251"  # an event already returned is not changed
+
+
+def test_the_rows_kept_as_events_are_bounded(adapter, monkeypatch) -> None:
+    import adapters.sanitation.adapter as module
+
+    monkeypatch.setattr(module, "ROW_EVENTS_KEPT", 3)
+    rows = [f"0{d}/02/2026 08:00,COLLECTED,h-{d},,,,,7".encode() for d in range(1, 6)]
+    adapter.events_of(b"\r\n".join([b"CompletedAt,Status,CaseRef,ContractorRef,PhotoUrl,"
+                                     b"ReasonCode,Notes,Crew", *rows, b""]))  # fmt: skip
+    assert adapter.footprint()["row_events"] == 3
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
