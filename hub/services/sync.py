@@ -379,7 +379,7 @@ class StatusSync:
         # Stable: events of one sequence (a clock in whole seconds) keep the department's
         # own order, which is better evidence than their ids' alphabetical one.
         ordered = sorted(events, key=sequence_of)
-        fresh = self._not_yet_recorded(department, ordered)
+        fresh, known = self._read_ahead(department, ordered)
         mapping = self.hub.mapping(department)
         for attempt in range(1, APPLY_ATTEMPTS + 1):
             result = SyncResult(department, source, received=len(ordered), watermark=watermark)
@@ -388,7 +388,9 @@ class StatusSync:
             try:
                 with self.hub.uow() as uow:
                     with uow.appends_held():  # written at the end of the page, before commit
-                        page = _Page.load(uow, department, fresh, source, self.clock())
+                        # A retry reads every case anew: the first attempt changed its copies.
+                        ahead = known if attempt == 1 else None
+                        page = _Page.load(uow, department, fresh, source, self.clock(), ahead)
                         for event in fresh:
                             outcome = self._apply_one(uow, page, mapping, event, source, notes)
                             result.outcomes[outcome] += 1
@@ -413,19 +415,27 @@ class StatusSync:
             log.warning("status sync %s: %s", department, result.as_dict())
         return result
 
-    def _not_yet_recorded(self, department: str, events: list[StatusEvent]) -> list[StatusEvent]:
-        """The events whose ids are not recorded yet, read before the transaction.
+    def _read_ahead(
+        self, department: str, events: list[StatusEvent]
+    ) -> tuple[list[StatusEvent], dict[str, Case]]:
+        """Before the write transaction, where other writers wait (SQLite has one write
+        lock): the events whose ids are not recorded yet, and the cases they name.
 
         Overlapping polls and a contractor's overlapping files repeat most of what they
         carry; a recorded id can only ever be a duplicate (its row and outcome were
         committed together), so its repeats are counted here instead of being written,
-        probed and refused inside the write transaction, where other writers wait. An id
-        recorded between this read and the transaction is still refused there."""
+        probed and refused inside the transaction. An id recorded between this read and
+        the transaction is still refused there. The cases are read here, bodies and all;
+        the transaction re-reads only those whose version moved on meanwhile."""
         if not events:
-            return events
+            return events, {}
         with self.hub.read_uow() as uow:
             recorded = uow.inbound.recorded(department, (e.external_event_id for e in events))
-        return [e for e in events if e.external_event_id not in recorded] if recorded else events
+            fresh = [e for e in events if e.external_event_id not in recorded]
+            named = sorted({e.external_id for e in fresh if e.external_id})
+            orders = uow.work_orders.by_external_ids(department, named)
+            cases = uow.cases.get_many(sorted({o.case_id for o in orders.values()}))
+        return fresh, cases
 
     def _apply_one(
         self,
@@ -587,13 +597,20 @@ class _Page:
 
     @classmethod
     def load(
-        cls, uow: UnitOfWork, department: str, events: list[StatusEvent], source: str, now
+        cls,
+        uow: UnitOfWork,
+        department: str,
+        events: list[StatusEvent],
+        source: str,
+        now: datetime,
+        known: dict[str, Case] | None = None,
     ) -> _Page:
+        """`known`: cases read before the transaction, used where still current."""
         rows = {e.external_event_id: _inbound_row(e, source, now) for e in reversed(events)}
         fresh = uow.inbound.record_many(list(rows.values()))  # reversed: the first copy wins
         named = {e.external_id for e in events if e.external_id and e.external_event_id in fresh}
         orders = uow.work_orders.by_external_ids(department, sorted(named))
-        cases = uow.cases.get_many(sorted({o.case_id for o in orders.values()}))
+        cases = _current_cases(uow, sorted({o.case_id for o in orders.values()}), known or {})
         return cls(fresh, orders, cases)
 
     def take(self, event: StatusEvent) -> bool:
@@ -633,6 +650,15 @@ class _Page:
                 self.orders.pop(external_id, None)
                 self.written.add(external_id)
         self.cases.pop(order.case_id, None)
+
+
+def _current_cases(uow: UnitOfWork, wanted: list[str], known: dict[str, Case]) -> dict[str, Case]:
+    """The cases `wanted` as stored now: the `known` copies whose version is unchanged,
+    the rest read again."""
+    versions = uow.cases.versions([h for h in wanted if h in known])
+    cases = {h: known[h] for h, v in versions.items() if known[h].version == v}
+    cases.update(uow.cases.get_many([h for h in wanted if h not in cases]))
+    return cases
 
 
 def _inbound_row(event: StatusEvent, source: str, now: datetime) -> dict[str, Any]:

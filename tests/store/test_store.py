@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -363,6 +364,32 @@ def test_an_older_department_status_never_overwrites_a_newer_one(engine) -> None
         uow.commit()
         order = uow.work_orders.get(case.hub_id, "publicworks")
     assert (order.raw_status, order.last_sequence) == ("Closed", "2026-05-01T12:02")
+
+
+def test_an_equal_department_status_wins_only_the_ties_it_follows(engine) -> None:
+    case = a_case()
+    at = "2026-05-01T12:00"  # a department clock in whole seconds: every event ties
+    with UnitOfWork(engine) as uow:
+        uow.cases.add(case)
+        uow.work_orders.add(WorkOrder(case_id=case.hub_id, department="publicworks"))
+        apply = functools.partial(uow.work_orders.apply_department_status, case.hub_id,
+                                  "publicworks", sequence=at)  # fmt: skip
+        assert apply(follows=[], raw_status="Dispatch", mapped_status="in_queue")  # first
+        # A code that does not follow the recorded status loses the tie ...
+        assert not apply(follows=["resolved"], raw_status="New", mapped_status="in_queue")
+        # ... one that does wins (adopting the record), and so does the same raw code again.
+        assert apply(
+            follows=["in_queue", "onsite"], raw_status="Closed", mapped_status="resolved",
+            external_id="WO-7", delivery_state=DeliveryState.DELIVERED,
+        )  # fmt: skip
+        assert apply(follows=[], raw_status="Closed", mapped_status="resolved")
+        assert apply(raw_status="Closed")  # follows None: the event always wins a tie
+        uow.commit()
+        order = uow.work_orders.get(case.hub_id, "publicworks")
+    assert (order.raw_status, order.mapped_status, order.external_id, order.delivery_state) == (
+        "Closed", CaseStatus.RESOLVED, "WO-7", DeliveryState.DELIVERED,
+    )  # fmt: skip
+    assert order.last_sequence == at
 
 
 def test_claim_each_on_postgresql_reads_only_what_it_claims(postgres_url: str) -> None:

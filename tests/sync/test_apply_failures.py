@@ -65,3 +65,36 @@ def test_a_failed_statement_does_not_carry_its_values(engine) -> None:
     with pytest.raises(DBAPIError) as failure, engine.connect() as conn:
         conn.execute(text("INSERT INTO no_such_table (name) VALUES (:name)"), {"name": secret})
     assert secret not in str(failure.value)
+
+
+async def test_a_case_changed_after_the_read_ahead_is_read_again(city, monkeypatch, caplog) -> None:
+    # The cases a page names are read before the write transaction; one written in
+    # between (here: a staff note) is read again inside it, not overwritten or retried.
+    hub, _cases, orders = await delivered_cases(city, 2)
+    sim(city).advance(2, close=True)
+    events = await hub.adapter("publicworks").get_status([o.external_id for o in orders.values()])
+    sync = StatusSync(hub)
+    real = sync._read_ahead
+    changed = next(iter(orders))
+
+    def then_staff_edit_a_case(department, ordered):
+        ahead = real(department, ordered)
+        assert set(ahead[1]) == set(orders)  # both read ahead
+        with hub.uow() as uow:
+            case = uow.cases.get(changed)
+            version, case.description = case.version, "edited by staff meanwhile"
+            case.version += 1
+            uow.cases.save(case, expected_version=version)
+            uow.commit()
+        return ahead
+
+    monkeypatch.setattr(sync, "_read_ahead", then_staff_edit_a_case)
+    caplog.set_level("INFO", logger="hub.services.sync")
+    result = sync.apply("publicworks", events, source="poll")
+    assert result.outcomes[APPLIED] == 2
+    assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+    with hub.uow() as uow:
+        case = uow.cases.get(changed)
+        assert case.status is CaseStatus.RESOLVED
+        assert case.description == "edited by staff meanwhile"
+    await hub.aclose()
