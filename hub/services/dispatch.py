@@ -405,19 +405,30 @@ class Dispatcher:
             healths = uow.departments.all()  # read once: settle updates it, claim reads it
             notifications = self._settle(uow, finished, now, healths) if finished else []
             claimed = self._claim(uow, capacity, now, budgets, healths) if capacity > 0 else []
-            cases = uow.cases.get_many([item.case_id for item in claimed])
-            orders = uow.work_orders.for_cases([item.case_id for item in claimed])
-            loaded = [
-                (item, cases[item.case_id], orders.get((item.case_id, item.department)))
-                for item in claimed
-                if item.case_id in cases
-            ]
             uow.commit()
+        loaded = self._load(claimed)
         self._observe_turn(perf_counter() - started)
         self.stats.claimed += len(loaded)
         for case, old, new in notifications:
             self._notify(case, old, new)
         return loaded
+
+    def _load(self, claimed: list[OutboxItem]) -> list[tuple[OutboxItem, Case, WorkOrder | None]]:
+        """The cases and work orders of the claimed rows, read after the claim's commit:
+        on SQLite a read does not hold the one write lock the other writers wait for.
+        The leases are ours by then; a case written meanwhile is read as it is now, and
+        its later writes are guarded by its version as ever."""
+        if not claimed:
+            return []
+        ids = [item.case_id for item in claimed]
+        with self.hub.read_uow() as uow:
+            cases = uow.cases.get_many(ids)
+            orders = uow.work_orders.for_cases(ids)
+        return [
+            (item, cases[item.case_id], orders.get((item.case_id, item.department)))
+            for item in claimed
+            if item.case_id in cases
+        ]
 
     def _observe_turn(self, seconds: float) -> None:
         self.turn_seconds += TURN_SMOOTHING * (seconds - self.turn_seconds)
