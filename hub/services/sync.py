@@ -387,7 +387,7 @@ class StatusSync:
             notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
             try:
                 with self.hub.uow() as uow:
-                    with uow.appends_held():  # written at the end of the page, before commit
+                    with uow.page_held():  # written at the end of the page, before commit
                         # A retry reads every case anew: the first attempt changed its copies.
                         ahead = known if attempt == 1 else None
                         page = _Page.load(uow, department, fresh, source, self.clock(), ahead)
@@ -475,7 +475,8 @@ class StatusSync:
             outcome = self._move_case(
                 uow, page.case(uow, order.case_id), event, meaning, source, notes
             )
-        page.forget(order, event)  # both are written below: a later event reads them anew
+        link = self._link(order, event)
+        mapped = meaning.status if meaning else order.mapped_status
         uow.work_orders.apply_department_status(
             order.case_id,
             order.department,
@@ -483,8 +484,19 @@ class StatusSync:
             follows=follows,
             raw_status=event.raw_code,
             raw_status_text=event.raw_text,
-            mapped_status=meaning.status.value if meaning else order.mapped_status,
-            **self._link(order, event),
+            mapped_status=mapped.value if mapped else None,
+            **link,
+        )
+        page.wrote(
+            order.model_copy(
+                update={
+                    "last_sequence": sequence,
+                    "raw_status": event.raw_code,
+                    "raw_status_text": event.raw_text,
+                    "mapped_status": mapped,
+                    **link,
+                }
+            )
         )
         return page.settle(event, outcome, order.case_id)
 
@@ -585,14 +597,16 @@ class _Page:
     """One page of one department's events inside apply's transaction, read and written
     set-wise: the inbound rows inserted in one statement (what a concurrent sync inserted
     first is a duplicate), the work orders and cases the events name read in one query
-    each, the inbound outcomes written in one statement at the end. A work order or case
-    an event writes is dropped from the page, so a later event of the page reads it anew."""
+    each, the inbound outcomes written in one statement at the end. The cases and work
+    orders it changes are written at the end too (the unit of work holds them): a work
+    order an event wrote stays in the page as written, and a case it moved is served
+    from the held saves, so a later event of the page sees both as they now are."""
 
     def __init__(self, fresh: set[str], orders: dict[str, WorkOrder], cases: dict[str, Case]):
         self.fresh = fresh  # external event ids this transaction inserted, not yet taken
-        self.orders = orders  # by the department's id, as read at the page's start
-        self.cases = cases
-        self.written: set[str] = set()  # the department's ids of work orders written since
+        self.orders = orders  # by the department's id: as read, or as this page wrote them
+        self.cases = cases  # as read at the page's start, each served once
+        self.written: dict[tuple[str, str], WorkOrder] = {}  # (case, department): as written
         self.settled: list[tuple[str, str, str | None]] = []
 
     @classmethod
@@ -629,13 +643,12 @@ class _Page:
         another record (a second record for one case is the department's duplicate)."""
         if event.external_id:
             order = self.orders.get(event.external_id)
-            if order is None and event.external_id in self.written:
-                found = uow.work_orders.by_external_ids(event.department, [event.external_id])
-                order = found.get(event.external_id)
             if order is not None:
                 return order
         if event.hub_reference:
-            order = uow.work_orders.get(event.hub_reference, event.department)
+            order = self.written.get((event.hub_reference, event.department))
+            if order is None:
+                order = uow.work_orders.get(event.hub_reference, event.department)
             if order is not None and order.external_id in (None, event.external_id):
                 return order
         return None
@@ -644,12 +657,12 @@ class _Page:
         case = self.cases.pop(case_id, None)  # moved by the caller: never served twice
         return case if case is not None else uow.cases.get(case_id)
 
-    def forget(self, order: WorkOrder, event: StatusEvent) -> None:
-        for external_id in (order.external_id, event.external_id):
-            if external_id:
-                self.orders.pop(external_id, None)
-                self.written.add(external_id)
-        self.cases.pop(order.case_id, None)
+    def wrote(self, order: WorkOrder) -> None:
+        """The work order as this page's event left it (its UPDATE is held)."""
+        if order.external_id:
+            self.orders[order.external_id] = order
+        self.written[(order.case_id, order.department)] = order
+        self.cases.pop(order.case_id, None)  # a later event reads the held copy
 
 
 def _current_cases(uow: UnitOfWork, wanted: list[str], known: dict[str, Case]) -> dict[str, Case]:

@@ -169,39 +169,50 @@ def _converted(row: tuple, convert: tuple) -> tuple:
     return tuple(values)
 
 
-def _update_row(
+def _update_rows(
     connection: Connection,
     table,
-    values: dict[str, Any],
+    rows: list[tuple[dict[str, Any], tuple]],
     *,
     where: tuple[str, ...],
-    equal_to: tuple,
     guard: str = "",
-    guard_values: tuple = (),
+    keep_if_null: tuple[str, ...] = (),
 ) -> int:
-    """UPDATE one row (`where` columns equal to `equal_to`, and the SQL `guard`) with the
-    driver's own statement; returns the row count. Status sync writes a case and a work
-    order per event, inside the write transaction: SQLAlchemy's per-statement work
-    (compiled-cache lookup, bind processing, result set-up) cost four times SQLite's."""
-    dialect, columns = connection.dialect, tuple(values)
-    sql = _update_sql(dialect, table, columns, where, guard)
-    row = tuple(values[name] for name in columns)
+    """UPDATE rows of one shape — (values, then the `where` columns' and the `guard`'s
+    values) each — with the driver's own statement, in one executemany, in order;
+    returns the rows changed in all. Columns in `keep_if_null` keep their stored value
+    where the new one is NULL. Status sync writes a case and a work order per event,
+    inside the write transaction: SQLAlchemy's per-statement work (compiled-cache
+    lookup, bind processing, result set-up) cost four times SQLite's own."""
+    dialect, columns = connection.dialect, tuple(rows[0][0])
+    sql = _update_sql(dialect, table, columns, where, guard, keep_if_null)
     convert = _converters(dialect, table, columns)
-    if convert:
-        row = _converted(row, convert)
-    return connection.exec_driver_sql(sql, row + equal_to + guard_values).rowcount
+    params = []
+    for values, rest in rows:
+        row = tuple(values[name] for name in columns)
+        params.append((_converted(row, convert) if convert else row) + rest)
+    return connection.exec_driver_sql(sql, params).rowcount
 
 
-def _update_sql(dialect, table, columns: tuple[str, ...], where: tuple[str, ...], guard: str):
+def _update_sql(
+    dialect, table, columns: tuple[str, ...], where: tuple[str, ...], guard: str,
+    keep_if_null: tuple[str, ...] = (),
+) -> str:  # fmt: skip
     def build() -> str:
         quote = dialect.identifier_preparer.quote
         mark = "?" if dialect.paramstyle == "qmark" else "%s"
-        sets = ", ".join(f"{quote(c)} = {mark}" for c in columns)
+
+        def assign(c: str) -> str:
+            value = f"COALESCE({mark}, {quote(c)})" if c in keep_if_null else mark
+            return f"{quote(c)} = {value}"
+
+        sets = ", ".join(assign(c) for c in columns)
         match = " AND ".join(f"{quote(c)} = {mark}" for c in where)
         sql = f"UPDATE {quote(table.name)} SET {sets} WHERE {match}"
         return sql + (f" AND ({guard.replace('?', mark)})" if guard else "")
 
-    return _statement(("update", dialect.name, table.name, columns, where, guard), build)
+    key = ("update", dialect.name, table.name, columns, where, guard, keep_if_null)
+    return _statement(key, build)
 
 
 def _converter(dialect, type_):
@@ -258,6 +269,28 @@ class StaleCase(RuntimeError):
 class CaseRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._held: dict[str, tuple[Case, int]] | None = None  # hub id -> (case, read at)
+
+    @contextlib.contextmanager
+    def saves_held(self) -> Iterator[None]:
+        """Saves inside the block are written when it ends: one UPDATE per case (its last
+        state, guarded by the version it was first saved from), all in one executemany,
+        StaleCase if any moved on. Reads inside the block see the saved copies."""
+        self._held = {}
+        try:
+            yield
+            self._write_held()
+        finally:
+            self._held = None
+
+    def _write_held(self) -> None:
+        held = sorted(self._held.items())  # type: ignore[union-attr]  # one lock order
+        if not held:
+            return
+        rows = [({k: v for k, v in self._row(case).items() if k != "hub_id"}, (hub_id, read_at))
+                for hub_id, (case, read_at) in held]  # fmt: skip
+        if _update_rows(self.connection, t.cases, rows, where=("hub_id", "version")) != len(rows):
+            raise StaleCase(f"one of {len(rows)} cases changed since it was read")
 
     def add(self, case: Case, *, token: str | None = None) -> bool:
         """Insert the case; False when it is already there (same hub id or source id)."""
@@ -284,6 +317,8 @@ class CaseRepository:
         return _insert_many(self.connection, t.cases, rows, t.cases.c.hub_id)
 
     def get(self, hub_id: str) -> Case | None:
+        if self._held and hub_id in self._held:
+            return self._held[hub_id][0]
         stmt = _statement(
             ("cases.get",),
             lambda: select(*self._COLUMNS).where(t.cases.c.hub_id == bindparam("b_hub_id")),
@@ -292,16 +327,18 @@ class CaseRepository:
         return self._case(row) if row else None
 
     def get_many(self, hub_ids: Sequence[str]) -> dict[str, Case]:
-        if not hub_ids:
-            return {}
+        held = {h: self._held[h][0] for h in hub_ids if h in self._held} if self._held else {}
+        wanted = [h for h in hub_ids if h not in held]
+        if not wanted:
+            return held
         stmt = _statement(
             ("cases.get_many",),
             lambda: select(*self._COLUMNS).where(
                 t.cases.c.hub_id.in_(bindparam("b_ids", expanding=True))
             ),
         )
-        rows = self.connection.execute(stmt, {"b_ids": list(hub_ids)})
-        return {row.hub_id: self._case(row) for row in rows}
+        rows = self.connection.execute(stmt, {"b_ids": wanted})
+        return {row.hub_id: self._case(row) for row in rows} | held
 
     def versions(self, hub_ids: Sequence[str]) -> dict[str, int]:
         """The stored version of each case (absent: no such case): whether a copy read
@@ -335,11 +372,15 @@ class CaseRepository:
 
     def save(self, case: Case, *, expected_version: int) -> None:
         """Write a changed case; raise StaleCase if it moved on since `expected_version`."""
+        if self._held is not None:
+            first = self._held.get(case.hub_id)
+            self._held[case.hub_id] = (case, first[1] if first else expected_version)
+            return
         row = self._row(case)
         del row["hub_id"]
-        changed = _update_row(
-            self.connection, t.cases, row, where=("hub_id", "version"),
-            equal_to=(case.hub_id, expected_version),
+        changed = _update_rows(
+            self.connection, t.cases, [(row, (case.hub_id, expected_version))],
+            where=("hub_id", "version"),
         )  # fmt: skip
         if changed != 1:
             raise StaleCase(f"case {case.hub_id} changed since version {expected_version}")
@@ -487,23 +528,39 @@ class TimelineRepository:
 
 
 # apply_department_status's guard: a later sequence, or an equal one (a department clock
-# in whole seconds) that wins the tie — over the same raw code, an unmapped record, or a
-# mapped status the event follows in the lifecycle.
-_NEWER_OR_TIE = "last_sequence IS NULL OR last_sequence < ? OR last_sequence = ?"
-
-
-def _newer_or_tie_that_follows(follows: int) -> str:
-    marks = ", ".join(["?"] * follows)
-    statuses = f" OR mapped_status IN ({marks})" if follows else ""
-    return (
-        "last_sequence IS NULL OR last_sequence < ? OR (last_sequence = ?"
-        f" AND (raw_status = ? OR mapped_status IS NULL{statuses}))"
-    )
+# in whole seconds) that wins the tie — always (the first flag), or over the same raw
+# code, an unmapped record, or a mapped status the event follows in the lifecycle (padded
+# with NULLs, which match nothing: one statement shape for every event, so a page's
+# updates go out in one executemany).
+_FOLLOWS_MAX = len(CaseStatus)
+_NEWER_OR_TIE = (
+    "last_sequence IS NULL OR last_sequence < ? OR (last_sequence = ? AND (? OR raw_status = ?"
+    f" OR mapped_status IS NULL OR mapped_status IN ({', '.join(['?'] * _FOLLOWS_MAX)})))"
+)
+# Set only when given: nothing unmaps or unlinks a work order.
+_KEPT_IF_NONE = ("mapped_status", "external_id", "delivery_state")
 
 
 class WorkOrderRepository:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._held: list[tuple[dict[str, Any], tuple]] | None = None
+
+    @contextlib.contextmanager
+    def status_held(self) -> Iterator[None]:
+        """apply_department_status inside the block is written when it ends, every update
+        in its order (each with its own guard), in one executemany; it answers True (the
+        caller has decided the event wins; the guard still stops a concurrent newer one)."""
+        self._held = []
+        try:
+            yield
+            if self._held:
+                held = sorted(self._held, key=lambda row: row[1][0])  # stable: per order
+                _update_rows(self.connection, t.work_orders, held,
+                             where=("case_id", "department"), guard=_NEWER_OR_TIE,
+                             keep_if_null=_KEPT_IF_NONE)  # fmt: skip
+        finally:
+            self._held = None
 
     def add(self, order: WorkOrder) -> bool:
         stmt = (
@@ -608,26 +665,42 @@ class WorkOrderRepository:
         department: str,
         *,
         sequence: str,
+        raw_status: str,
+        raw_status_text: str | None = None,
+        mapped_status: str | None = None,
         follows: Iterable[str] | None = None,
-        **values: Any,
+        external_id: str | None = None,
+        delivery_state: str | None = None,
     ) -> bool:
         """Record a department status unless a later one is already recorded. The guard is
         in the UPDATE itself, so two concurrent syncs (a poll and a webhook) cannot let the
         older event overwrite the newer one; False when the event turned out stale.
 
         At an equal sequence (a department clock in whole seconds) the event wins only over
-        the same raw code or a recorded mapped status in `follows` (None: always wins)."""
-        values = {"last_sequence": sequence, "updated_at": utcnow(), **values}
-        if follows is None:
-            guard, guard_values = _NEWER_OR_TIE, (sequence, sequence)
-        else:
-            follows = sorted(follows)
-            guard = _newer_or_tie_that_follows(len(follows))
-            guard_values = (sequence, sequence, values.get("raw_status"), *follows)
-        changed = _update_row(
-            self.connection, t.work_orders, values, where=("case_id", "department"),
-            equal_to=(case_id, department), guard=guard, guard_values=guard_values,
-        )  # fmt: skip
+        the same raw code or a recorded mapped status in `follows` (None: always wins).
+        `mapped_status`, `external_id` and `delivery_state` left None keep what is recorded
+        (nothing unmaps or unlinks a work order)."""
+        row = {
+            "last_sequence": sequence,
+            "updated_at": utcnow(),
+            "raw_status": raw_status,
+            "raw_status_text": raw_status_text,
+            "mapped_status": mapped_status,
+            "external_id": external_id,
+            "delivery_state": delivery_state,
+        }
+        ties = sorted(follows or ())
+        if len(ties) > _FOLLOWS_MAX:
+            raise ValueError(f"follows names {len(ties)} statuses; there are {_FOLLOWS_MAX}")
+        guard = (sequence, sequence, follows is None, raw_status,
+                 *ties, *[None] * (_FOLLOWS_MAX - len(ties)))  # fmt: skip
+        rest = (case_id, department, *guard)
+        if self._held is not None:
+            self._held.append((row, rest))
+            return True
+        changed = _update_rows(self.connection, t.work_orders, [(row, rest)],
+                               where=("case_id", "department"), guard=_NEWER_OR_TIE,
+                               keep_if_null=_KEPT_IF_NONE)  # fmt: skip
         return changed == 1
 
     def update(self, case_id: str, department: str, **values: Any) -> None:

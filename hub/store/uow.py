@@ -71,6 +71,15 @@ class UnitOfWork:
         with self.timeline.held(), self.status_updates.held():
             yield
 
+    @contextlib.contextmanager
+    def page_held(self) -> Iterator[None]:
+        """appends_held, and case saves and work orders' department statuses held too, each
+        written in one executemany when the block ends (status sync's page): inside SQLite's
+        one write lock, and one round trip each on PostgreSQL, not one per event. Reads of
+        cases inside the block see the held saves."""
+        with self.appends_held(), self.cases.saves_held(), self.work_orders.status_held():
+            yield
+
     def commit(self) -> None:
         transaction = self.connection.get_transaction()  # type: ignore[union-attr]
         if transaction is not None:
