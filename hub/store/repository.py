@@ -285,12 +285,17 @@ class CaseRepository:
 
     def _write_held(self) -> None:
         held = sorted(self._held.items())  # type: ignore[union-attr]  # one lock order
-        if not held:
-            return
-        rows = [({k: v for k, v in self._row(case).items() if k != "hub_id"}, (hub_id, read_at))
-                for hub_id, (case, read_at) in held]  # fmt: skip
-        if _update_rows(self.connection, t.cases, rows, where=("hub_id", "version")) != len(rows):
-            raise StaleCase(f"one of {len(rows)} cases changed since it was read")
+        if held and self._write([saved for _, saved in held]) != len(held):
+            raise StaleCase(f"one of {len(held)} cases changed since it was read")
+
+    def _write(self, saves: list[tuple[Case, int]]) -> int:
+        """UPDATE each case from the version it was read at; the rows changed in all."""
+        rows = []
+        for case, read_at in saves:
+            row = self._row(case)
+            del row["hub_id"]
+            rows.append((row, (case.hub_id, read_at)))
+        return _update_rows(self.connection, t.cases, rows, where=("hub_id", "version"))
 
     def add(self, case: Case, *, token: str | None = None) -> bool:
         """Insert the case; False when it is already there (same hub id or source id)."""
@@ -376,13 +381,7 @@ class CaseRepository:
             first = self._held.get(case.hub_id)
             self._held[case.hub_id] = (case, first[1] if first else expected_version)
             return
-        row = self._row(case)
-        del row["hub_id"]
-        changed = _update_rows(
-            self.connection, t.cases, [(row, (case.hub_id, expected_version))],
-            where=("hub_id", "version"),
-        )  # fmt: skip
-        if changed != 1:
+        if self._write([(case, expected_version)]) != 1:
             raise StaleCase(f"case {case.hub_id} changed since version {expected_version}")
 
     def advance_status_many(
