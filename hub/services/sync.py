@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -83,6 +83,7 @@ LOCK_CONFLICTS = frozenset({"40P01", "40001"})  # deadlock_detected, serializati
 
 # Enough for a large backlog in one run; the next scheduled poll carries on from there.
 MAX_PAGES_PER_POLL = 50
+COMMITTED_IDS_KEPT = 50_000  # per department: a contractor's repeated window, with room
 
 
 class NotPollable(RuntimeError):
@@ -245,6 +246,7 @@ class StatusSync:
         self.hub = hub
         self.clock = clock
         self.actor = actor
+        self.committed = CommittedIds()
 
     # ----------------------------------------------------------------------- polling
 
@@ -398,6 +400,7 @@ class StatusSync:
                     if watermark is not None:
                         uow.cursors.set(department, watermark)
                     uow.commit()
+                self.committed.add(department, (e.external_event_id for e in ordered))
                 break
             except StaleCase:
                 if attempt == APPLY_ATTEMPTS:
@@ -426,12 +429,14 @@ class StatusSync:
         committed together), so its repeats are counted here instead of being written,
         probed and refused inside the transaction. An id recorded between this read and
         the transaction is still refused there. The cases are read here, bodies and all;
-        the transaction re-reads only those whose version moved on meanwhile."""
-        if not events:
-            return events, {}
+        the transaction re-reads only those whose version moved on meanwhile. The ids this
+        sync committed itself need no query at all (`CommittedIds`)."""
+        unseen = [e for e in events if not self.committed.has(department, e.external_event_id)]
+        if not unseen:
+            return unseen, {}
         with self.hub.read_uow() as uow:
-            recorded = uow.inbound.recorded(department, (e.external_event_id for e in events))
-            fresh = [e for e in events if e.external_event_id not in recorded]
+            recorded = uow.inbound.recorded(department, (e.external_event_id for e in unseen))
+            fresh = [e for e in unseen if e.external_event_id not in recorded]
             named = sorted({e.external_id for e in fresh if e.external_id})
             orders = uow.work_orders.by_external_ids(department, named)
             cases = uow.cases.get_many(sorted({o.case_id for o in orders.values()}))
@@ -591,6 +596,40 @@ class StatusSync:
 
 
 # --------------------------------------------------------------------------- a page
+
+
+class CommittedIds:
+    """The external event ids this process's syncs committed, per department, the most
+    recently seen ``COMMITTED_IDS_KEPT`` of each: a department that repeats what it sent
+    (a contractor's file holds the last 90 minutes; every poll re-reads its overlap)
+    would otherwise have every repeat looked up in the database, page after page.
+
+    Only ever a subset of what is recorded (an id enters after its page committed, and a
+    recorded event stays recorded), so an id found here is a duplicate for certain; one
+    not found is looked up as before."""
+
+    def __init__(self, kept: int | None = None) -> None:
+        self.kept = kept
+        self._ids: dict[str, OrderedDict[str, None]] = {}
+
+    def has(self, department: str, external_event_id: str) -> bool:
+        ids = self._ids.get(department)
+        if ids is None or external_event_id not in ids:
+            return False
+        ids.move_to_end(external_event_id)  # a repeat keeps its id in memory
+        return True
+
+    def add(self, department: str, external_event_ids: Iterable[str]) -> None:
+        ids = self._ids.setdefault(department, OrderedDict())
+        for external_event_id in external_event_ids:
+            ids[external_event_id] = None
+            ids.move_to_end(external_event_id)
+        kept = COMMITTED_IDS_KEPT if self.kept is None else self.kept
+        while len(ids) > kept:
+            ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return sum(len(ids) for ids in self._ids.values())
 
 
 class _Page:

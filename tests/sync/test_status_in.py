@@ -76,6 +76,53 @@ async def test_events_already_recorded_are_counted_before_the_write_transaction(
     await hub.aclose()
 
 
+async def test_a_sync_does_not_look_up_again_what_it_committed(city) -> None:
+    # A contractor's files repeat the last 90 minutes and every poll re-reads its overlap:
+    # the ids a sync committed are remembered, so their repeats cost no query at all.
+    hub, _cases, _orders = await delivered_cases(city, 3)
+    sim(city).advance(3, close=True)
+    sync = StatusSync(hub)
+    assert (await sync.poll("publicworks")).outcomes["applied"] == 3
+    with statements(hub.engine) as sent, statements(hub.read_engine) as read:
+        again = await sync.poll("publicworks")
+    assert again.outcomes["duplicate"] == again.received >= 3 and again.outcomes["applied"] == 0
+    assert not [s for s in sent + read if "inbound_events" in s]
+    await hub.aclose()
+
+
+async def test_ids_are_remembered_only_once_their_page_committed(city, monkeypatch) -> None:
+    from hub.store.uow import UnitOfWork
+
+    hub, _cases, orders = await delivered_cases(city, 2)
+    sim(city).advance(2, close=True)
+    events = await hub.adapter("publicworks").get_status([o.external_id for o in orders.values()])
+    sync = StatusSync(hub)
+    real_commit = UnitOfWork.commit
+
+    def commit_fails(self) -> None:
+        raise RuntimeError("the database went away at commit")
+
+    monkeypatch.setattr(UnitOfWork, "commit", commit_fails)
+    with pytest.raises(RuntimeError):
+        sync.apply("publicworks", events, source="poll")
+    assert len(sync.committed) == 0  # nothing is known: the page is applied again
+    monkeypatch.setattr(UnitOfWork, "commit", real_commit)
+    result = sync.apply("publicworks", events, source="poll")
+    assert result.outcomes["applied"] == 2 and len(sync.committed) == 2
+    await hub.aclose()
+
+
+def test_the_committed_ids_kept_are_bounded_and_a_repeat_stays() -> None:
+    from hub.services.sync import CommittedIds
+
+    kept = CommittedIds(kept=3)
+    kept.add("sanitation", ["a", "b", "c"])
+    assert kept.has("sanitation", "a")  # seen again: now the most recent
+    kept.add("sanitation", ["d"])
+    assert [kept.has("sanitation", i) for i in "abcd"] == [True, False, True, True]
+    assert not kept.has("publicworks", "a") and len(kept) == 3
+
+
 async def test_webhook_closes_a_case_and_forged_stale_replayed_change_nothing(city) -> None:
     hub, _cases, orders = await delivered_cases(city, 2)
     case_id, order = next(iter(orders.items()))
