@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -99,12 +100,18 @@ class SyncResult:
     since: datetime | None = None
     watermark: datetime | None = None
     rejected: int = 0  # inputs the adapter refused (quarantined files, bad records)
+    pages: int = 0  # a poll's pages, the seconds it spent reading and applying them
+    read_seconds: float = 0.0
+    apply_seconds: float = 0.0
 
     def merge(self, later: SyncResult) -> SyncResult:
         """This result followed by the next page's: counts add up, the watermark moves on."""
         self.received += later.received
         self.outcomes.update(later.outcomes)
         self.rejected += later.rejected
+        self.pages += later.pages
+        self.read_seconds += later.read_seconds
+        self.apply_seconds += later.apply_seconds
         self.watermark = later.watermark or self.watermark
         return self
 
@@ -118,6 +125,9 @@ class SyncResult:
             "since": self.since.isoformat() if self.since else None,
             "watermark": self.watermark.isoformat() if self.watermark else None,
             "rejected": self.rejected,
+            "pages": self.pages,
+            "read_seconds": round(self.read_seconds, 3),
+            "apply_seconds": round(self.apply_seconds, 3),
         }
 
 
@@ -276,16 +286,21 @@ class StatusSync:
         result: SyncResult | None = None
         first_since = since
         for _ in range(MAX_PAGES_PER_POLL):
+            started = time.perf_counter()
             page = await adapter.poll_changes(since)
+            read = time.perf_counter() - started
             # Before applying: the adapter has already set these aside (quarantined), so
             # they are facts even if applying the page's events fails below.
             rejected = await self.record_rejected(department, page.rejected)
             # A department clock running ahead must not push the watermark past our now.
             page_end = min(page.next_watermark or since, now)
             reached = max(watermark, page_end)
+            started = time.perf_counter()
             applied = await asyncio.to_thread(
                 self.apply, department, page.events, source=POLL, watermark=reached
             )
+            applied.pages, applied.read_seconds = 1, read
+            applied.apply_seconds = time.perf_counter() - started
             applied.rejected = rejected
             result = applied if result is None else result.merge(applied)
             # Further pages resume where this one ended, inside the overlap too: more than

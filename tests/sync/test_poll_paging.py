@@ -23,7 +23,12 @@ async def test_a_poll_pages_through_a_full_overlap_to_the_new_changes(city) -> N
     simulator = city.simulator(DEPT)
     simulator.advance(30, close=True)  # a burst: 30 closures, all within the overlap
     sync = StatusSync(hub, actor="test")
-    assert (await sync.poll(DEPT)).outcomes["applied"] == 30
+    first = await sync.poll(DEPT)
+    assert first.outcomes["applied"] == 30
+    # The poll says how many pages it read, and where its time went (job_runs' detail).
+    detail = first.as_dict()
+    assert detail["pages"] >= 30 // 7 and first.received >= 30
+    assert detail["read_seconds"] > 0 and detail["apply_seconds"] > 0
     simulator.advance(5, close=True)  # the last five, after the stored watermark
     later = await sync.poll(DEPT)
     assert later.outcomes["applied"] == 5
