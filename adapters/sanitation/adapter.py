@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlparse
 from zoneinfo import ZoneInfo
 
@@ -223,12 +223,10 @@ class SanitationAdapter(Adapter):
         self._entries: dict[str, LedgerEntry] = {}  # ledger/ file → entry (young batches)
         self._by_hub: dict[str, str] = {}  # hub id → ledger file of its best young entry
         self._refs: OrderedDict[str, _Ref] = OrderedDict()  # ids in status files, LRU
-        # archive name → its events (None: it no longer parses), least recently used first
-        self._parsed: OrderedDict[str, list[DepartmentEvent] | None] = OrderedDict()
+        # archive name → its rows (None: it no longer parses), least recently used first
+        self._parsed: OrderedDict[str, list[_FileRow] | None] = OrderedDict()
         self._parsed_rows = 0
-        self._row_events: OrderedDict[tuple[str, ...], tuple[DepartmentEvent, str]] = (
-            OrderedDict()
-        )
+        self._row_events: OrderedDict[tuple[str, ...], tuple[DepartmentEvent, str]] = OrderedDict()
         self.index = LedgerIndex(self.drop)  # settled batches: read on a miss, not kept
         self._made: set[str] = set()  # archive day folders known to exist (recent ones)
         self._archive_flat_checked = False
@@ -549,24 +547,22 @@ class SanitationAdapter(Adapter):
         await self._maintain()
         self._drop_parsed_before(since)
         rows, last, more = await self._page(since)
-        await self._learn(event.hub_reference for event in rows if event.hub_reference)
-        events: dict[str, DepartmentEvent] = {}
-        for event in rows:
-            known = self._known_external(event.hub_reference or "")
-            if known is not None and known != event.external_id:  # learned since parsing
-                event = event.model_copy(update={"external_id": known})
-            events[event.external_event_id] = event
-        ordered = sorted(events.values(), key=lambda e: (e.sequence or "", e.external_event_id))
+        await self._learn(row.event.hub_reference for row in rows if row.event.hub_reference)
+        # A row the page's files repeat is one event, at its last file's line: built once
+        # here, not once per file (a contractor's window repeats most rows in every file).
+        latest = {row.event.external_event_id: row for row in rows}
+        events = [self._as_event(row) for row in latest.values()]
+        ordered = sorted(events, key=lambda e: (e.sequence or "", e.external_event_id))
         self._note_closures(ordered)
         return FileStatusPage(
             events=ordered, next_watermark=last or since, more=more, rejected=notes
         )
 
-    async def _page(self, since: datetime) -> tuple[list[DepartmentEvent], datetime | None, bool]:
+    async def _page(self, since: datetime) -> tuple[list[_FileRow], datetime | None, bool]:
         """Rows of the files archived at or after `since`, oldest first, up to about
         ``poll_page_rows`` (a page ends between two archive times, past `since`, so the
         next page — from the last time, inclusive — always moves on)."""
-        rows: list[DepartmentEvent] = []
+        rows: list[_FileRow] = []
         last: datetime | None = None
         async with contextlib.aclosing(self._archived_since(since)) as names:
             async for name, stamp in names:
@@ -600,8 +596,8 @@ class SanitationAdapter(Adapter):
         existing = await self.drop.subfolders(ARCHIVE)
         return [nested(ARCHIVE, d) for d in existing if NESTED[ARCHIVE].match(d) and d >= start]
 
-    async def _archived_rows(self, name: str) -> list[DepartmentEvent] | None:
-        """The events of an archived file, parsed once per process: archive names carry
+    async def _archived_rows(self, name: str) -> list[_FileRow] | None:
+        """The rows of an archived file, parsed once per process: archive names carry
         the content's digest and are never rewritten, while overlapping polls (and the
         contractor's overlapping windows) would otherwise parse each file again and
         again. None: the file is gone or no longer parses."""
@@ -610,13 +606,13 @@ class SanitationAdapter(Adapter):
             return self._parsed[name]
         data = await self.drop.read(_day_folder(name), name)
         try:
-            rows = self._rows_of(data or b"")
+            rows = self._file_rows(data or b"")
         except BadFile:
             rows = None
         self._keep_parsed(name, rows)
         return rows
 
-    def _keep_parsed(self, name: str, rows: list[DepartmentEvent] | None) -> None:
+    def _keep_parsed(self, name: str, rows: list[_FileRow] | None) -> None:
         self._parsed[name] = rows
         self._parsed_rows += len(rows or ())
         # A page's files stay parsed: the next poll re-reads its overlap.
@@ -730,7 +726,7 @@ class SanitationAdapter(Adapter):
             reason = f"duplicate of {archived[digest[:16]]}"
             return await self._quarantine(name, name, stamp, data, "duplicate_file", reason)
         try:
-            rows = self._rows_of(data)
+            rows = self._file_rows(data)
         except BadFile as bad:
             return await self._quarantine(name, name, stamp, data, "bad_file", bad.reason)
         archive_name = f"{stamp}_{digest[:16]}_{name}"
@@ -770,37 +766,43 @@ class SanitationAdapter(Adapter):
 
     def events_of(self, data: bytes) -> list[DepartmentEvent]:
         """Every row of an ack/status file as an event; BadFile if any row is bad."""
-        return self._rows_of(data)
+        return [self._as_event(row) for row in self._file_rows(data)]
 
-    def _rows_of(self, data: bytes) -> list[DepartmentEvent]:
+    def _file_rows(self, data: bytes) -> list[_FileRow]:
         layout = self._layout("status_updates")
-        return [self._event(row, layout) for row in parse_status_file(data, layout)]
+        return [self._file_row(row, layout) for row in parse_status_file(data, layout)]
 
     def _external_id(self, hub_id: str, contractor_ref: str | None) -> str:
         """The ledger's id once this process knows the batch; else the contractor's."""
         return self._known_external(hub_id) or contractor_ref or hub_id
 
-    def _event(self, row: StatusRow, layout: CsvLayout) -> DepartmentEvent:
-        """The row as an event. The contractor's overlapping windows repeat each row in
-        file after file (at another line): a row seen before is built once and reused,
-        with this file's line in its sequence and today's knowledge of its external id."""
+    def _file_row(self, row: StatusRow, layout: CsvLayout) -> _FileRow:
+        """The row's event and its place in this file. The contractor's overlapping
+        windows repeat each row in file after file (at another line): a row seen before
+        shares the event built the first time."""
         hub_id, code = row.get("reference"), row.get("status")
         when, contractor = row.get("occurred_at"), row.get("external_id")
-        external_id = self._external_id(hub_id, contractor or None)
         values = row.values
         key = (hub_id, code, when, contractor, *[values.get(r, "") for r in _MEANING[1:]])
         known = self._row_events.get(key)
         if known is None:
+            external_id = self._external_id(hub_id, contractor or None)
             known = self._row_events[key] = self._new_event(row, layout, external_id)
             while len(self._row_events) > ROW_EVENTS_KEPT:
                 self._row_events.popitem(last=False)
         else:
             self._row_events.move_to_end(key)
         event, prefix = known
-        sequence = f"{prefix}{row.line:06d}"
-        if event.sequence == sequence and event.external_id == external_id:
+        return _FileRow(event, f"{prefix}{row.line:06d}", contractor or None)
+
+    def _as_event(self, row: _FileRow) -> DepartmentEvent:
+        """The row as an event: its file's line in the sequence (its order within a
+        second) and what this process knows now of its external id."""
+        event = row.event
+        external_id = self._external_id(event.hub_reference or "", row.contractor)
+        if event.sequence == row.sequence and event.external_id == external_id:
             return event
-        return event.model_copy(update={"sequence": sequence, "external_id": external_id})
+        return event.model_copy(update={"sequence": row.sequence, "external_id": external_id})
 
     def _new_event(
         self, row: StatusRow, layout: CsvLayout, external_id: str
@@ -844,6 +846,15 @@ class SanitationAdapter(Adapter):
         if mapped.status.is_final:
             return _CLOSED
         return 2 if mapped.status is CaseStatus.ONSITE else 1
+
+
+class _FileRow(NamedTuple):
+    """A row of a status file: the event of its meaning (shared by every file that
+    repeats the row), this file's sequence for it and the contractor's ref."""
+
+    event: DepartmentEvent
+    sequence: str
+    contractor: str | None
 
 
 def _make_drop(config: SanitationConfig) -> DropLocation:

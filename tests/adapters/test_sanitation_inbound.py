@@ -169,3 +169,29 @@ async def test_archived_files_are_parsed_once_and_take_ids_the_ledger_learns_lat
     folders = [f.partition("/")[0] for f, _ in reads]  # archive/<day> is archive
     assert folders.count(ARCHIVE) == 0  # parsed at triage, never read again
     assert folders.count(INBOUND) == 1
+
+
+async def test_a_row_the_page_repeats_is_one_event_built_once(adapter, tmp_path, monkeypatch):
+    # Each file repeats the window's rows below its new one: the page holds every row once,
+    # at the line of the last file that carried it, and builds only those events.
+    from hub.adapters import DepartmentEvent
+
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await adapter.poll_changes(since)  # creates the folders
+    header = b"CompletedAt,Status,CaseRef,ContractorRef,PhotoUrl,ReasonCode,Notes,Crew"
+    rows = [f"0{d}/02/2026 08:00,COLLECTED,h-{d},,,,,7".encode() for d in range(1, 5)]
+    for n in range(1, 4):  # file n: its new row, then the rows of the files before it
+        window = [header, rows[n], *reversed(rows[:n]), b""]
+        (tmp_path / "inbound" / f"COMPLETIONS_{n}.csv").write_bytes(b"\r\n".join(window))
+    copies: list[int] = []
+    model_copy = DepartmentEvent.model_copy
+
+    def counted(self, *args, **kwargs):
+        copies.append(1)
+        return model_copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(DepartmentEvent, "model_copy", counted)
+    page = await adapter.poll_changes(since)
+    lines = {e.hub_reference: e.sequence.rsplit(":", 1)[1] for e in page.events}
+    assert lines == {"h-1": "000005", "h-2": "000004", "h-3": "000003", "h-4": "000002"}
+    assert len(copies) <= len(page.events) == 4  # not one per repeat at a new line
