@@ -509,7 +509,7 @@ class Deployed:
                 )
             ).all()
             closures = conn.execute(
-                select(ie.occurred_at, ie.received_at).where(ie.outcome == "applied")
+                select(ie.department, ie.occurred_at, ie.received_at).where(ie.outcome == "applied")
             ).all()
             events = conn.execute(select(func.count()).select_from(t.inbound_events)).scalar_one()
         by_department: dict[str, list[float]] = defaultdict(list)
@@ -517,7 +517,10 @@ class Deployed:
             if done:
                 by_department[department].append((done - made).total_seconds())
         to_delivery = [lag for lags in by_department.values() for lag in lags]
-        lag = [max(0.0, (got - at).total_seconds()) for at, got in closures]
+        lag_by_department: dict[str, list[float]] = defaultdict(list)
+        for department, at, got in closures:
+            lag_by_department[department].append(max(0.0, (got - at).total_seconds()))
+        lag = [seconds for lags in lag_by_department.values() for seconds in lags]
         rate = len(ids) / seconds
         doc = {
             "mode": "deployed",
@@ -541,6 +544,14 @@ class Deployed:
             },
             "p50_status_lag_s": round(percentile(lag, 0.5), 3),
             "p99_status_lag_s": round(percentile(lag, 0.99), 3),
+            "status_lag_by_department": {
+                d: {
+                    "applied": len(lags),
+                    "p50_s": round(percentile(lags, 0.5), 3),
+                    "p99_s": round(percentile(lags, 0.99), 3),
+                }
+                for d, lags in sorted(lag_by_department.items())
+            },
             "phases_s": {k: round(v, 1) for k, v in self.phases.items()},
             "extrapolated_1m_minutes": round(TARGET_CASES / rate / 60, 1),
             "meets_target": TARGET_CASES / rate <= TARGET_SECONDS,
@@ -693,8 +704,13 @@ def table(doc: dict[str, Any]) -> str:
         f"intake->delivery p50 {doc['p50_intake_to_delivery_s']} s, p99"
         f" {doc['p99_intake_to_delivery_s']} s; status lag p50 {doc['p50_status_lag_s']} s,"
         f" p99 {doc['p99_status_lag_s']} s",
-        "phase                 seconds  share",
     ]
+    for department, lags in doc.get("status_lag_by_department", {}).items():
+        lines.append(
+            f"  status lag {department:<16} p50 {lags['p50_s']} s, p99 {lags['p99_s']} s"
+            f" ({lags['applied']} applied)"
+        )
+    lines.append("phase                 seconds  share")
     total = sum(doc["phases_s"].values()) or 1
     for phase, secs in sorted(doc["phases_s"].items(), key=lambda kv: -kv[1]):
         lines.append(f"{phase:<20} {secs:>8.1f} {secs / total:>6.0%}")
