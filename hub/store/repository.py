@@ -15,11 +15,13 @@ from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
+    Boolean,
     Connection,
     Integer,
     String,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     func,
@@ -31,6 +33,9 @@ from sqlalchemy import (
 )
 from sqlalchemy import case as sa_case
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.visitors import InternalTraversal
 
 from hub.model import (
     Case,
@@ -241,6 +246,36 @@ def _inserted(connection: Connection, stmt, key_column) -> bool:
     return connection.execute(stmt.returning(key_column)).first() is not None
 
 
+class _OneOf(ColumnElement[bool]):
+    """`column IN (the list bound as `name`)`. On PostgreSQL `column = ANY(:name)`, the
+    list as one array parameter: the statement's text stays the same whatever the list's
+    length, so the driver parses it once and the server can prepare it. An expanding IN
+    is a new text of hundreds of placeholders per page, which psycopg parses again
+    every time (it caches only statements of at most 50 parameters)."""
+
+    inherit_cache = True
+    _is_implicitly_boolean = True  # a predicate: SQLite gets no "= 1" after it
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("name", InternalTraversal.dp_string),
+    ]
+
+    def __init__(self, column, name: str) -> None:
+        self.column, self.name = column, name
+        self.type = Boolean()
+
+
+@compiles(_OneOf)
+def _one_of_in(element: _OneOf, compiler, **kw) -> str:
+    return compiler.process(element.column.in_(bindparam(element.name, expanding=True)), **kw)
+
+
+@compiles(_OneOf, "postgresql")
+def _one_of_any(element: _OneOf, compiler, **kw) -> str:
+    array = bindparam(element.name, type_=postgresql.ARRAY(element.column.type))
+    return compiler.process(element.column == any_(array), **kw)
+
+
 _STATEMENTS: dict[tuple, Any] = {}
 
 
@@ -338,9 +373,7 @@ class CaseRepository:
             return held
         stmt = _statement(
             ("cases.get_many",),
-            lambda: select(*self._COLUMNS).where(
-                t.cases.c.hub_id.in_(bindparam("b_ids", expanding=True))
-            ),
+            lambda: select(*self._COLUMNS).where(_OneOf(t.cases.c.hub_id, "b_ids")),
         )
         rows = self.connection.execute(stmt, {"b_ids": wanted})
         return {row.hub_id: self._case(row) for row in rows} | held
@@ -354,9 +387,7 @@ class CaseRepository:
         c = t.cases.c
         stmt = _statement(
             ("cases.versions",),
-            lambda: select(c.hub_id, c.version).where(
-                c.hub_id.in_(bindparam("b_ids", expanding=True))
-            ),
+            lambda: select(c.hub_id, c.version).where(_OneOf(c.hub_id, "b_ids")),
         )
         rows = self.connection.execute(stmt, {"b_ids": list(hub_ids)})
         return {hub_id: version for hub_id, version in rows}
@@ -593,7 +624,7 @@ class WorkOrderRepository:
             ("work_orders.by_external_ids",),
             lambda: select(t.work_orders).where(
                 wo.department == bindparam("b_department"),
-                wo.external_id.in_(bindparam("b_externals", expanding=True)),
+                _OneOf(wo.external_id, "b_externals"),
             ),
         )
         params = {"b_department": department, "b_externals": list(external_ids)}
@@ -612,9 +643,7 @@ class WorkOrderRepository:
             return {}
         stmt = _statement(
             ("work_orders.for_cases",),
-            lambda: select(t.work_orders).where(
-                t.work_orders.c.case_id.in_(bindparam("b_ids", expanding=True))
-            ),
+            lambda: select(t.work_orders).where(_OneOf(t.work_orders.c.case_id, "b_ids")),
         )
         rows = self.connection.execute(stmt, {"b_ids": list(set(case_ids))})
         orders = (WorkOrder.model_validate(dict(row._mapping)) for row in rows)
@@ -1000,9 +1029,7 @@ class OutboxRepository:
         now = bindparam("b_now", type_=o.updated_at.type)
         return (
             update(t.outbox)
-            .where(
-                o.id.in_(bindparam("b_ids", expanding=True)), o.locked_by == bindparam("b_worker")
-            )
+            .where(_OneOf(o.id, "b_ids"), o.locked_by == bindparam("b_worker"))
             .values(
                 state=OutboxState.DONE,
                 locked_until=None,
@@ -1333,7 +1360,7 @@ class InboundEventRepository:
             ("inbound_events.recorded",),
             lambda: select(ie.external_event_id).where(
                 ie.department == bindparam("b_department"),
-                ie.external_event_id.in_(bindparam("b_ids", expanding=True)),
+                _OneOf(ie.external_event_id, "b_ids"),
             ),
         )
         wanted = sorted(set(external_event_ids))
