@@ -428,14 +428,14 @@ class Deployed:
     def start_workers(self, config: Path, stack: ExitStack) -> list[subprocess.Popen]:
         env = {**os.environ, "HUB_DATABASE_URL": self.tagged("worker"), "HUB_LOG_LEVEL": "WARNING"}
         processes = []
-        split = self.args.scheduler_process
-        for slot in range(self.worker_count() + split):
+        polls = self.args.poll_processes if self.args.scheduler_process else 0
+        for slot in range(self.worker_count() + polls):
             command = [sys.executable]
             if self.args.profile_worker and slot == 0:
                 command += ["-m", "cProfile", "-o", str(self.directory / "worker.prof")]
             command += ["-m", "hub.cli", "worker", "-c", str(config), "--worker-id", f"r{slot}"]
-            if split:  # the last process runs the polls, the others deliver
-                command.append("--no-dispatch" if slot == self.worker_count() else "--no-scheduler")
+            if polls:  # the last processes run the polls, the others deliver
+                command.append("--no-dispatch" if slot >= self.worker_count() else "--no-scheduler")
             log = stack.enter_context((self.directory / f"worker-{slot}.log").open("wb"))
             processes.append(
                 subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -526,6 +526,7 @@ class Deployed:
             "mode": "deployed",
             "workers": self.worker_count(),
             "scheduler_process": self.args.scheduler_process,
+            "poll_processes": self.args.poll_processes if self.args.scheduler_process else 0,
             "cases": len(ids),
             "closed": closed,
             "seconds": round(seconds, 1),
@@ -738,6 +739,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="status polls in a process of their own (hub worker --no-dispatch) beside the"
         " delivering workers (--no-scheduler): on SQLite, the second core",
+    )
+    parser.add_argument(
+        "--poll-processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --scheduler-process: N such processes; each department's poll runs in"
+        " whichever claims its slot, so the departments' polls spread over them",
     )
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--top", type=int, default=15)
