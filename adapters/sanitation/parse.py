@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import io
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from hub.mapping.engine import local_to_utc
@@ -45,8 +45,7 @@ class BadFile(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class StatusRow:
+class StatusRow(NamedTuple):  # a tuple: a contractor's file has thousands of rows
     line: int
     values: dict[str, str]  # role → cell text (stripped; ids kept as written)
 
@@ -88,13 +87,14 @@ def parse_status_file(data: bytes, layout: CsvLayout) -> list[StatusRow]:
         raise BadFile(f"malformed CSV ({exc})") from None
     header_at, columns = _find_header(rows, layout)
     width = len(rows[header_at])
+    picked = list(columns.items())
     parsed = []
     for index, row in enumerate(rows[header_at + 1 :], start=header_at + 2):
-        if not any(cell.strip() for cell in row):
+        if not "".join(row).strip():
             continue  # blank lines between windows
         if len(row) != width:
             raise BadFile(f"line {index}: {len(row)} fields, the header has {width}")
-        values = {role: row[i].strip() for role, i in columns.items()}
+        values = {role: row[i].strip() for role, i in picked}
         if not values["reference"] or not values["status"]:
             raise BadFile(f"line {index}: no case reference or no status")
         parsed.append(StatusRow(index, values))
