@@ -773,7 +773,14 @@ class SanitationAdapter(Adapter):
         return [self._file_row(row, layout) for row in parse_status_file(data, layout)]
 
     def _external_id(self, hub_id: str, contractor_ref: str | None) -> str:
-        """The ledger's id once this process knows the batch; else the contractor's."""
+        """A row's work order: the ledger's id once this process knows the batch (a
+        PENDING one too: the contractor can take the file and ACK it before the
+        delivering process writes the entry SENT, and the contractor's reference then
+        would link the work order to one id and every later row to another, their
+        closures orphaned); else the contractor's. Deliveries still count only SENT."""
+        entry = self._known(hub_id)
+        if entry is not None and entry.state == PENDING:
+            return entry.external_id(hub_id)
         return self._known_external(hub_id) or contractor_ref or hub_id
 
     def _file_row(self, row: StatusRow, layout: CsvLayout) -> _FileRow:

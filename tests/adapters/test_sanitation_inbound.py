@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.sanitation import SanitationAdapter
-from adapters.sanitation.files import ARCHIVE, INBOUND, LEDGER, SENT, LedgerEntry
+from adapters.sanitation.files import ARCHIVE, INBOUND, LEDGER, PENDING, SENT, LedgerEntry
 from adapters.sanitation.parse import BadFile
 from hub.testing.harness import REPO_MAPPINGS
 
@@ -195,3 +195,26 @@ async def test_a_row_the_page_repeats_is_one_event_built_once(adapter, tmp_path,
     lines = {e.hub_reference: e.sequence.rsplit(":", 1)[1] for e in page.events}
     assert lines == {"h-1": "000005", "h-2": "000004", "h-3": "000003", "h-4": "000002"}
     assert len(copies) <= len(page.events) == 4  # not one per repeat at a new line
+
+
+async def test_an_ack_before_the_batch_is_marked_sent_takes_the_batch_s_id(adapter, tmp_path):
+    # The contractor can take a batch and ACK it before the hub has written its ledger
+    # entry SENT (the entry is PENDING from before the file was written): the ACK and
+    # every later row of the case carry one id, the batch's, which the delivery records.
+    since = datetime.now(UTC) - timedelta(seconds=1)
+    await adapter.poll_changes(since)  # creates the folders
+    entry = LedgerEntry(batch="WO_20260203_0930_x.csv", state=PENDING, rows={"h-1": 1})
+    (tmp_path / LEDGER / entry.key).write_bytes(entry.dumps())
+    header = b"CompletedAt,Status,CaseRef,ContractorRef,PhotoUrl,ReasonCode,Notes,Crew"
+    ack = b"03/02/2026 09:15,ACK,h-1,00560250,,,,7"
+    (tmp_path / "inbound" / "ACK_WO_20260203_0930_x.csv").write_bytes(
+        b"\r\n".join([header, ack, b""])
+    )
+    [acked] = (await adapter.poll_changes(since)).events
+    entry.state = SENT
+    (tmp_path / LEDGER / entry.key).write_bytes(entry.dumps())
+    done = b"03/02/2026 10:15,COLLECTED,h-1,00560250,,,,7"
+    (tmp_path / "inbound" / "COMPLETIONS_1.csv").write_bytes(b"\r\n".join([header, done, b""]))
+    later = (await adapter.poll_changes(since)).events
+    assert acked.external_id == entry.external_id("h-1")
+    assert {e.external_id for e in later} == {entry.external_id("h-1")}
