@@ -308,6 +308,18 @@ def postgres_split(
     return dict(split)
 
 
+def spread(lags: dict[str, list[float]], counted: str) -> dict[str, dict[str, Any]]:
+    """Per department: how many, p50 and p99 seconds."""
+    return {
+        department: {
+            counted: len(values),
+            "p50_s": round(percentile(values, 0.5), 3),
+            "p99_s": round(percentile(values, 0.99), 3),
+        }
+        for department, values in sorted(lags.items())
+    }
+
+
 def r3(value: float) -> float:
     return round(value, 3)
 
@@ -535,24 +547,10 @@ class Deployed:
             "status_events_received": events,
             "p50_intake_to_delivery_s": round(percentile(to_delivery, 0.5), 3),
             "p99_intake_to_delivery_s": round(percentile(to_delivery, 0.99), 3),
-            "intake_to_delivery_by_department": {
-                d: {
-                    "delivered": len(lags),
-                    "p50_s": round(percentile(lags, 0.5), 3),
-                    "p99_s": round(percentile(lags, 0.99), 3),
-                }
-                for d, lags in sorted(by_department.items())
-            },
+            "intake_to_delivery_by_department": spread(by_department, "delivered"),
             "p50_status_lag_s": round(percentile(lag, 0.5), 3),
             "p99_status_lag_s": round(percentile(lag, 0.99), 3),
-            "status_lag_by_department": {
-                d: {
-                    "applied": len(lags),
-                    "p50_s": round(percentile(lags, 0.5), 3),
-                    "p99_s": round(percentile(lags, 0.99), 3),
-                }
-                for d, lags in sorted(lag_by_department.items())
-            },
+            "status_lag_by_department": spread(lag_by_department, "applied"),
             "phases_s": {k: round(v, 1) for k, v in self.phases.items()},
             "extrapolated_1m_minutes": round(TARGET_CASES / rate / 60, 1),
             "meets_target": TARGET_CASES / rate <= TARGET_SECONDS,
