@@ -388,10 +388,11 @@ class SanitationAdapter(Adapter):
     def _known(self, hub_id: str) -> LedgerEntry | None:
         return self._entries.get(self._by_hub.get(hub_id, ""))
 
-    def _known_external(self, hub_id: str) -> str | None:
-        """The external id this process knows without reading the drop (None: unknown)."""
+    def _known_external(self, hub_id: str, *, pending: bool = False) -> str | None:
+        """The external id this process knows without reading the drop (None: unknown);
+        `pending`: a batch not yet written SENT counts too."""
         entry = self._known(hub_id)
-        if entry is not None and entry.state == SENT:
+        if entry is not None and entry.state in ((SENT, PENDING) if pending else (SENT,)):
             return entry.external_id(hub_id)
         ref = self._refs.get(hub_id)
         return ref.external_id if ref is not None else None
@@ -778,10 +779,7 @@ class SanitationAdapter(Adapter):
         delivering process writes the entry SENT, and the contractor's reference then
         would link the work order to one id and every later row to another, their
         closures orphaned); else the contractor's. Deliveries still count only SENT."""
-        entry = self._known(hub_id)
-        if entry is not None and entry.state == PENDING:
-            return entry.external_id(hub_id)
-        return self._known_external(hub_id) or contractor_ref or hub_id
+        return self._known_external(hub_id, pending=True) or contractor_ref or hub_id
 
     def _file_row(self, row: StatusRow, layout: CsvLayout) -> _FileRow:
         """The row's event and its place in this file. The contractor's overlapping

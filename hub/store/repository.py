@@ -585,12 +585,15 @@ class WorkOrderRepository:
         try:
             yield
             if self._held:
-                held = sorted(self._held, key=lambda row: row[1][0])  # stable: per order
-                _update_rows(self.connection, t.work_orders, held,
-                             where=("case_id", "department"), guard=_NEWER_OR_TIE,
-                             keep_if_null=_KEPT_IF_NONE)  # fmt: skip
+                self._write_statuses(sorted(self._held, key=lambda row: row[1][0]))  # stable
         finally:
             self._held = None
+
+    def _write_statuses(self, rows: list[tuple[dict[str, Any], tuple]]) -> int:
+        """UPDATE each (values, (case id, department, *guard)) under the tie guard."""
+        return _update_rows(self.connection, t.work_orders, rows,
+                            where=("case_id", "department"), guard=_NEWER_OR_TIE,
+                            keep_if_null=_KEPT_IF_NONE)  # fmt: skip
 
     def add(self, order: WorkOrder) -> bool:
         stmt = (
@@ -726,9 +729,7 @@ class WorkOrderRepository:
         if self._held is not None:
             self._held.append((row, rest))
             return True
-        changed = _update_rows(self.connection, t.work_orders, [(row, rest)],
-                               where=("case_id", "department"), guard=_NEWER_OR_TIE,
-                               keep_if_null=_KEPT_IF_NONE)  # fmt: skip
+        changed = self._write_statuses([(row, rest)])
         return changed == 1
 
     def update(self, case_id: str, department: str, **values: Any) -> None:

@@ -56,7 +56,7 @@ def test_a_row_repeated_lower_down_is_the_same_event_at_its_new_line(adapter) ->
     new = b"05/02/2026 08:00,COLLECTED,h-3,00560252,,,,7"
     later = b"\r\n".join([header, new, new.replace(b"h-3", b"h-4"), first, second, b""])
     before = adapter.events_of(QUIRKY)
-    adapter._known_external = lambda hub_id: "WO-9" if hub_id == "h-2" else None
+    adapter._known_external = lambda hub_id, pending=False: "WO-9" if hub_id == "h-2" else None
     after = adapter.events_of(later)[2:]
     for old, again, line in zip(before, after, ("000004", "000005"), strict=True):
         assert again.external_event_id == old.external_event_id
