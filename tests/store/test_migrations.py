@@ -69,3 +69,35 @@ def test_0007_marks_rows_attempted_before_it_as_maybe_applied(db_url: str) -> No
         "note": True,
         "cancel": True,
     }
+
+
+def test_0008_drops_the_updated_index_and_leaves_room_for_in_place_updates(
+    db_url: str,
+) -> None:
+    def indexes_and_fill_factors() -> tuple[set[str], dict[str, list[str] | None]]:
+        engine = make_engine(db_url)
+        try:
+            with engine.connect() as conn:
+                named = {i["name"] for i in inspect(conn).get_indexes("cases")}
+                if conn.dialect.name != "postgresql":
+                    return named, {}
+                rows = conn.execute(
+                    text(
+                        "SELECT relname, reloptions FROM pg_class"
+                        " WHERE relname IN ('cases', 'work_orders')"
+                        " AND relnamespace = to_regnamespace(current_schema())"
+                    )
+                )
+                return named, dict(rows.all())
+        finally:
+            engine.dispose()
+
+    named, options = indexes_and_fill_factors()
+    assert "ix_cases_updated" not in named and "ix_cases_service_requested" in named
+    if db_url.startswith("postgresql"):
+        assert options == {"cases": ["fillfactor=70"], "work_orders": ["fillfactor=80"]}
+    command.downgrade(alembic_config(db_url), "0007")
+    named, options = indexes_and_fill_factors()
+    assert "ix_cases_updated" in named
+    assert all(value is None for value in options.values())
+    assert upgrade(db_url) == head_revision()
