@@ -4,8 +4,9 @@ Every path ends in :meth:`StatusSync.apply`, which for each event, in department
 order and inside one transaction (a page's reads and inserts are made set-wise, see
 :class:`_Page`):
 
-1. inserts it into ``inbound_events`` (unique department + external event id): a second
-   copy (a replayed webhook, an overlapping poll) inserts nothing and is a no-op;
+1. takes it once: an id already in ``inbound_events`` (unique department + external event
+   id), or met earlier in the page, is a duplicate (a replayed webhook, an overlapping
+   poll) and a no-op;
 2. finds the work order by the department's id, else by the hub reference it carries; a
    record the hub does not link is an orphan (recorded, left for reconciliation);
 3. drops events older than the last one applied to that work order (out of order) and,
@@ -17,7 +18,10 @@ order and inside one transaction (a page's reads and inserts are made set-wise, 
 5. keeps the raw code and text on the work order and moves the case through
    :func:`hub.services.status.change_status` (lifecycle-checked: a closed case only moves
    again when the department's code maps to ``reopened``), with the closure reason and
-   the crew's evidence.
+   the crew's evidence;
+6. records each event taken with its outcome: one ``inbound_events`` row, inserted once
+   (no later UPDATE) before the page's case and work-order writes; an id a concurrent
+   sync recorded meanwhile makes the page roll back and run again without it.
 
 A page may also carry ``rejected`` inputs (a file the adapter quarantined, a record it
 could not read): they are classified by the adapter, counted
@@ -398,7 +402,9 @@ class StatusSync:
         ordered = sorted(events, key=sequence_of)
         fresh, known = self._read_ahead(department, ordered)
         mapping = self.hub.mapping(department)
-        for attempt in range(1, APPLY_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             result = SyncResult(department, source, received=len(ordered), watermark=watermark)
             result.outcomes[DUPLICATE] += len(ordered) - len(fresh)
             notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
@@ -411,12 +417,18 @@ class StatusSync:
                         for event in fresh:
                             outcome = self._apply_one(uow, page, mapping, event, source, notes)
                             result.outcomes[outcome] += 1
-                        uow.inbound.settle_many(department, page.settled)
+                        page.record(uow)
                     if watermark is not None:
                         uow.cursors.set(department, watermark)
                     uow.commit()
                 self.committed.add(department, (e.external_event_id for e in ordered))
                 break
+            except RecordedMeanwhile as clash:
+                # Never counted as an attempt: each rerun has fewer events to clash on.
+                attempt -= 1
+                fresh = [e for e in fresh if e.external_event_id not in clash.external_event_ids]
+                log.info("status sync of %s: %d events recorded meanwhile; rerunning the page",
+                         department, len(clash.external_event_ids))
             except StaleCase:
                 if attempt == APPLY_ATTEMPTS:
                     raise
@@ -647,21 +659,40 @@ class CommittedIds:
         return sum(len(ids) for ids in self._ids.values())
 
 
+class RecordedMeanwhile(Exception):
+    """Events of the page a concurrent sync recorded after the page's read-ahead."""
+
+    def __init__(self, external_event_ids: set[str]) -> None:
+        super().__init__(f"{len(external_event_ids)} events recorded meanwhile")
+        self.external_event_ids = external_event_ids
+
+
 class _Page:
     """One page of one department's events inside apply's transaction, read and written
-    set-wise: the inbound rows inserted in one statement (what a concurrent sync inserted
-    first is a duplicate), the work orders and cases the events name read in one query
-    each, the inbound outcomes written in one statement at the end. The cases and work
-    orders it changes are written at the end too (the unit of work holds them): a work
-    order an event wrote stays in the page as written, and a case it moved is served
-    from the held saves, so a later event of the page sees both as they now are."""
+    set-wise: the work orders and cases the events name read in one query each, and the
+    events' inbound rows, each with its outcome, inserted in one statement at the end.
+    One write per row, never an insert and then an UPDATE of its outcome: on PostgreSQL
+    the UPDATE was a second row version and a second entry in each of the table's
+    indexes. The cases and work orders it changes are written at the end too (the unit of
+    work holds them): a work order an event wrote stays in the page as written, and a
+    case it moved is served from the held saves, so a later event of the page sees both
+    as they now are."""
 
-    def __init__(self, fresh: set[str], orders: dict[str, WorkOrder], cases: dict[str, Case]):
-        self.fresh = fresh  # external event ids this transaction inserted, not yet taken
+    def __init__(
+        self,
+        events: list[StatusEvent],
+        orders: dict[str, WorkOrder],
+        cases: dict[str, Case],
+        source: str,
+        now: datetime,
+    ):
+        self.fresh = {e.external_event_id for e in events}  # not recorded, not taken yet
         self.orders = orders  # by the department's id: as read, or as this page wrote them
         self.cases = cases  # as read at the page's start, each served once
         self.written: dict[tuple[str, str], WorkOrder] = {}  # (case, department): as written
-        self.settled: list[tuple[str, str, str | None]] = []
+        self.rows: list[dict[str, Any]] = []  # inbound rows, outcome included
+        self.source = source
+        self.now = now
 
     @classmethod
     def load(
@@ -673,24 +704,34 @@ class _Page:
         now: datetime,
         known: dict[str, Case] | None = None,
     ) -> _Page:
-        """`known`: cases read before the transaction, used where still current."""
-        rows = {e.external_event_id: _inbound_row(e, source, now) for e in reversed(events)}
-        fresh = uow.inbound.record_many(list(rows.values()))  # reversed: the first copy wins
-        named = {e.external_id for e in events if e.external_id and e.external_event_id in fresh}
+        """`events`: those not recorded at the read-ahead. `known`: cases read before the
+        transaction, used where still current."""
+        named = {e.external_id for e in events if e.external_id}
         orders = uow.work_orders.by_external_ids(department, sorted(named))
         cases = _current_cases(uow, sorted({o.case_id for o in orders.values()}), known or {})
-        return cls(fresh, orders, cases)
+        return cls(events, orders, cases, source, now)
 
     def take(self, event: StatusEvent) -> bool:
-        """True once for an event this transaction inserted; a later copy is a duplicate."""
+        """True once for an event not recorded before; a later copy in the page is a
+        duplicate."""
         if event.external_event_id not in self.fresh:
             return False
         self.fresh.discard(event.external_event_id)
         return True
 
     def settle(self, event: StatusEvent, outcome: str, case_id: str | None = None) -> str:
-        self.settled.append((event.external_event_id, outcome, case_id))
+        row = _inbound_row(event, self.source, self.now)
+        self.rows.append(row | {"outcome": outcome, "case_id": case_id})
         return outcome
+
+    def record(self, uow: UnitOfWork) -> None:
+        """Insert the page's inbound rows, before its held writes. An id another sync
+        recorded since the read-ahead (a webhook beside a poll) makes the whole page void:
+        its outcome may rest on a state that sync has changed."""
+        inserted = uow.inbound.record_many(self.rows)
+        clashed = {row["external_event_id"] for row in self.rows} - inserted
+        if clashed:
+            raise RecordedMeanwhile(clashed)
 
     def work_order(self, uow: UnitOfWork, event: StatusEvent) -> WorkOrder | None:
         """By the department's id; else by the hub reference, if the hub has not linked

@@ -1344,13 +1344,14 @@ class InboundEventRepository:
 
     _RECORD = (
         "department", "external_event_id", "external_id", "raw_code", "raw_text",
-        "occurred_at", "sequence", "received_at", "payload",
+        "occurred_at", "sequence", "received_at", "payload", "outcome", "case_id",
     )  # fmt: skip
 
     def record_many(self, rows: list[dict[str, Any]]) -> set[str]:
         """Insert-ignore a page of one department's events (distinct external event ids,
-        keys as `_RECORD`); returns the external event ids that were new. Inserted in id
-        order, so two syncs of overlapping pages take the unique index's locks alike."""
+        keys as `_RECORD`, the outcome included); returns the external event ids that were
+        new. Inserted in id order, so two syncs of overlapping pages take the unique
+        index's locks alike."""
         rows = sorted(rows, key=lambda row: row["external_event_id"])
         values = [tuple(row[name] for name in self._RECORD) for row in rows]
         return _insert_rows(
@@ -1375,28 +1376,6 @@ class InboundEventRepository:
             rows = self.connection.execute(stmt, {"b_department": department, "b_ids": chunk})
             found.update(rows.scalars())
         return found
-
-    def settle_many(self, department: str, outcomes: list[tuple[str, str, str | None]]) -> None:
-        """Write (external event id, outcome, case id) for rows `record_many` inserted."""
-        if not outcomes:
-            return
-        ie = t.inbound_events.c
-        stmt = _statement(
-            ("inbound_events.settle_many",),
-            lambda: (
-                update(t.inbound_events)
-                .where(
-                    ie.department == bindparam("b_department"),
-                    ie.external_event_id == bindparam("b_event"),
-                )
-                .values(outcome=bindparam("b_outcome"), case_id=bindparam("b_case"))
-            ),
-        )
-        params = [
-            {"b_department": department, "b_event": event, "b_outcome": outcome, "b_case": case}
-            for event, outcome, case in outcomes
-        ]
-        self.connection.execute(stmt, params)
 
     def counts(self, department: str | None = None) -> dict[str, int]:
         """Recorded events per outcome (the unmapped and orphan counters of the alerts)."""

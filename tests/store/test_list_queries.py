@@ -47,6 +47,8 @@ def inbound(event_id: str) -> dict:
         "sequence": None,
         "received_at": T0,
         "payload": {},
+        "outcome": "orphan",
+        "case_id": None,
     }
 
 

@@ -160,7 +160,7 @@ def test_oldest_and_first_work_order_of_a_department(engine) -> None:
 
 
 def test_inbound_counts_per_outcome(engine) -> None:
-    def event(n: int, department: str = "publicworks") -> dict:
+    def event(n: int, outcome: str, department: str = "publicworks") -> dict:
         return {
             "department": department,
             "external_event_id": f"e-{n}",
@@ -171,16 +171,17 @@ def test_inbound_counts_per_outcome(engine) -> None:
             "sequence": None,
             "received_at": T0,
             "payload": {},
+            "outcome": outcome,
+            "case_id": None,
         }
 
+    outcomes = ["applied", "applied", "orphan"]
     with UnitOfWork(engine) as uow:
-        assert uow.inbound.record_many([event(n) for n in range(3)]) == {"e-0", "e-1", "e-2"}
-        assert uow.inbound.record_many([event(1), event(3)]) == {"e-3"}  # e-1 seen before
-        outcomes = ["applied", "applied", "orphan", "orphan"]
-        settled = [(f"e-{n}", outcome, None) for n, outcome in enumerate(outcomes)]
-        uow.inbound.settle_many("publicworks", settled)
-        assert uow.inbound.record_many([event(9, "sanitation")]) == {"e-9"}
-        uow.inbound.settle_many("sanitation", [("e-9", "unmapped", None)])
+        rows = [event(n, outcome) for n, outcome in enumerate(outcomes)]
+        assert uow.inbound.record_many(rows) == {"e-0", "e-1", "e-2"}
+        # e-1 seen before: its first outcome stands
+        assert uow.inbound.record_many([event(1, "orphan"), event(3, "orphan")]) == {"e-3"}
+        assert uow.inbound.record_many([event(9, "unmapped", "sanitation")]) == {"e-9"}
         uow.commit()
         assert uow.inbound.counts("publicworks") == {"applied": 2, "orphan": 2}
         assert uow.inbound.counts() == {"applied": 2, "orphan": 2, "unmapped": 1}
