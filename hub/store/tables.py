@@ -38,9 +38,11 @@ metadata = MetaData(
 
 # PostgreSQL fill factors (revision 0008): room left in each page for the rows' later
 # versions, so an update that changes no indexed column stays a HOT update. A case is
-# rewritten at delivery and at each status change; a work order at each status change.
+# rewritten at delivery and at each status change; a work order at each status change;
+# an outbox row at its claim (its completion changes `state`, which the claim indexes hold).
 CASES_FILLFACTOR = 70
 WORK_ORDERS_FILLFACTOR = 80
+OUTBOX_FILLFACTOR = 80
 
 # SQLite has no BIGINT autoincrement; INTEGER PRIMARY KEY is its 64-bit rowid.
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -153,6 +155,7 @@ outbox = Table(
     Index("ix_outbox_due", "state", "next_attempt_at", "id"),  # the claim's order
     Index("ix_outbox_case_dept", "case_id", "department", "id"),
     Index("ix_outbox_dept_due", "department", "state", "next_attempt_at", "id"),  # per dept
+    postgresql_with={"fillfactor": OUTBOX_FILLFACTOR},
 )
 
 inbound_events = Table(

@@ -84,7 +84,7 @@ def test_0008_drops_the_updated_index_and_leaves_room_for_in_place_updates(
                 rows = conn.execute(
                     text(
                         "SELECT relname, reloptions FROM pg_class"
-                        " WHERE relname IN ('cases', 'work_orders')"
+                        " WHERE relname IN ('cases', 'work_orders', 'outbox')"
                         " AND relnamespace = to_regnamespace(current_schema())"
                     )
                 )
@@ -95,7 +95,11 @@ def test_0008_drops_the_updated_index_and_leaves_room_for_in_place_updates(
     named, options = indexes_and_fill_factors()
     assert "ix_cases_updated" not in named and "ix_cases_service_requested" in named
     if db_url.startswith("postgresql"):
-        assert options == {"cases": ["fillfactor=70"], "work_orders": ["fillfactor=80"]}
+        assert options == {
+            "cases": ["fillfactor=70"],
+            "work_orders": ["fillfactor=80"],
+            "outbox": ["fillfactor=80"],
+        }
     command.downgrade(alembic_config(db_url), "0007")
     named, options = indexes_and_fill_factors()
     assert "ix_cases_updated" in named
