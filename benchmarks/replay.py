@@ -356,18 +356,34 @@ class Crews(threading.Thread):
         super().__init__(daemon=True, name="crews")
         self.urls, self.period = urls, period
         self.events = 0
+        self.retries = 0  # calls lost on the way (a keep-alive connection closed under it)
+        self.failure: BaseException | None = None
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        with httpx.Client(timeout=120) as client:
-            while not self.stopping.wait(self.period):
-                for url in self.urls.values():
-                    for close in (False, True):
-                        answer = client.post(
-                            f"{url}/__sim__/advance", json={"count": 10**9, "close": close}
-                        )
-                        answer.raise_for_status()
-                        self.events += len(answer.json()["changed"])
+        try:
+            with httpx.Client(timeout=120) as client:
+                while not self.stopping.wait(self.period):
+                    self.work(client)
+        except BaseException as exc:  # the run must stop, not wait for closures never made
+            self.failure = exc
+            raise
+
+    def work(self, client: httpx.Client) -> None:
+        for url in self.urls.values():
+            for close in (False, True):
+                try:
+                    answer = client.post(
+                        f"{url}/__sim__/advance", json={"count": 10**9, "close": close}
+                    )
+                except httpx.TransportError:
+                    # A connection the simulator closed as it was reused (its keep-alive
+                    # ran out while another department's call took long): the open work
+                    # orders are still open, and the next round works them.
+                    self.retries += 1
+                    continue
+                answer.raise_for_status()
+                self.events += len(answer.json()["changed"])
 
 
 class Deployed:
@@ -418,7 +434,7 @@ class Deployed:
             first = CpuSnapshot.take(workers, simulators, crews.native_id)
             started = time.perf_counter()
             fed = self.feed(hub)
-            closed = self.wait_closed(fed)
+            closed = self.wait_closed(fed, crews)
             seconds = time.perf_counter() - started
             last = CpuSnapshot.take(workers, simulators, crews.native_id)  # before any stop
             roles = self.postgres_roles()
@@ -427,6 +443,7 @@ class Deployed:
             crews.join(timeout=30)
             self.stop_workers(workers)
             doc = self.figures(hub, fed, closed, seconds, crews.events)
+            doc["crew_calls_retried"] = crews.retries
             doc.update(self.cpu_figures(first, last, roles, len(fed), exited))
             self.rig.dispose()
             hub.dispose()
@@ -491,11 +508,13 @@ class Deployed:
                 select(func.count()).where(ob.state == "pending", ob.operation == "create")
             ).scalar_one()
 
-    def wait_closed(self, ids: list[str]) -> int:
+    def wait_closed(self, ids: list[str], crews: Crews) -> int:
         done = [s.value for s in FINISHED]
         deadline = time.perf_counter() + self.args.timeout
         closed = 0
         while time.perf_counter() < deadline:
+            if crews.failure is not None:
+                raise RuntimeError(f"the crews stopped: {crews.failure!r}")
             started = time.perf_counter()
             with self.rig.connect() as conn:
                 closed = conn.execute(
