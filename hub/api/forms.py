@@ -48,9 +48,7 @@ class ServiceRequestForm(BaseModel):
     source_id: str | None = None
 
     def to_case(self) -> Case:
-        hub_id = new_hub_id(self.source_system, self.source_id)
-        return Case(
-            hub_id=hub_id,
+        case = Case(
             source_system=self.source_system,
             source_id=self.source_id,
             service_code=self.service.service_code,
@@ -64,6 +62,10 @@ class ServiceRequestForm(BaseModel):
             attributes=self.attributes,
             requester=self.requester,
         )
+        # The id intake gives it (from the source and the request's time), so the token
+        # stored with the case is the one derived from its id.
+        case.hub_id = new_hub_id(self.source_system, self.source_id, case.requested_datetime)
+        return case
 
 
 def token_for(hub_id: str) -> str:

@@ -373,7 +373,7 @@ def _import(line: int, record: Record, spec: _Format, system: str, lookup: _Serv
     attributes = {**raw.attributes, **({"source_status": status} if status else {})}
     try:
         case = Case(
-            hub_id=new_hub_id(system, raw.source_id),
+            hub_id=new_hub_id(system, raw.source_id, requested),
             source_system=system,
             source_id=raw.source_id,
             service_code=service.service_code,

@@ -67,7 +67,9 @@ class IntakeService:
         tokens = tokens or [None] * len(cases)
         for case in cases:
             if case.source_system and case.source_id:
-                case.hub_id = new_hub_id(case.source_system, case.source_id)
+                case.hub_id = new_hub_id(
+                    case.source_system, case.source_id, case.requested_datetime
+                )
         # Prepared before the first statement, so before SQLite's write lock: enrichment and
         # routing are most of intake's CPU. A case found stored below was prepared for
         # nothing (a resubmission: rare) and is answered with the stored copy.
@@ -83,6 +85,9 @@ class IntakeService:
             self._write(uow, fresh, actor)
             lost_race = [h for h in accepted if h not in inserted]
             existing |= uow.cases.get_many(lost_race)  # a concurrent intake won the race
+            existing |= self._stored_by_source(
+                uow, [a for h, a in accepted.items() if h in lost_race and h not in existing]
+            )
             uow.commit()
         results: list[IntakeResult] = []
         first: set[str] = set()  # the same request twice in one batch: created once
@@ -100,6 +105,20 @@ class IntakeService:
         return results
 
     # ----------------------------------------------------------------------- steps
+
+    @staticmethod
+    def _stored_by_source(uow, refused: list[_Accepted]) -> dict[str, Case]:
+        """Cases that were not inserted and are stored under another hub id: the same
+        source request sent again with another requested time (the id leads with it).
+        Keyed by the id this submission computed. Rare: a lookup each."""
+        found: dict[str, Case] = {}
+        for accepted in refused:
+            case = accepted.result.case
+            if case.source_system and case.source_id:
+                stored = uow.cases.get_by_source(case.source_system, case.source_id)
+                if stored is not None:
+                    found[case.hub_id] = stored
+        return found
 
     def _prepare(self, case: Case, *, actor: str, token: str | None) -> _Accepted:
         """Enrich, route and gate one case in memory; nothing is written yet."""

@@ -273,7 +273,7 @@ class ConformanceKit:
         case = self.harness.sample_case(source_id)
         case.source_system = case.source_system or SOURCE_SYSTEM
         case.source_id = source_id
-        case.hub_id = new_hub_id(case.source_system, source_id)
+        case.hub_id = new_hub_id(case.source_system, source_id, case.requested_datetime)
         return case
 
     def order(self, source_id: str) -> OutboundWorkOrder:

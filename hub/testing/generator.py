@@ -299,7 +299,7 @@ class CaseGenerator:
         attributes = self._attributes(service, when)
         evidence = self._photos(source_id)
         return Case(
-            hub_id=new_hub_id(SOURCE_SYSTEM, source_id),
+            hub_id=new_hub_id(SOURCE_SYSTEM, source_id, when),
             source_system=SOURCE_SYSTEM,
             source_id=source_id,
             service_code=service.service_code,

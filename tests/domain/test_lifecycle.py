@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import itertools
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from hub.model import (
     ALLOWED_TRANSITIONS,
+    HUB_ID_NAMESPACE,
     Case,
     CaseStatus,
     Closure,
@@ -98,6 +100,24 @@ def test_hub_id_is_stable_for_a_source_request() -> None:
     assert new_hub_id("crm", "42") != new_hub_id("crm", "43")
     assert new_hub_id("crm", "42") != new_hub_id("other", "42")
     assert new_hub_id() != new_hub_id()
+
+
+def test_hub_ids_with_the_request_time_sort_by_it_and_stay_stable() -> None:
+    start = datetime(2026, 3, 8, 6, 59, 59, 999000, tzinfo=UTC)
+    times = [start + timedelta(milliseconds=n * 7919) for n in range(50)]
+    ids = [new_hub_id("crm", f"SR-{50 - n}", at) for n, at in enumerate(times)]
+    assert sorted(ids) == ids  # as text: the order of the indexes keyed by case
+    assert ids[0] == new_hub_id("crm", "SR-50", start)  # same source and time: same id
+    assert ids[0] != new_hub_id("crm", "SR-50", start + timedelta(milliseconds=1))
+    assert ids[0] != new_hub_id("crm", "SR-49", start)
+    parsed = uuid.UUID(ids[0])
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert parsed.int >> 80 == int(start.timestamp() * 1000)
+    # the low bits are the source's uuid5 bits: stable, and distinct per source
+    named = uuid.uuid5(HUB_ID_NAMESPACE, "crm\x1fSR-50")
+    assert parsed.int & (1 << 62) - 1 == named.int & (1 << 62) - 1
+    unsourced = [new_hub_id(requested_at=at) for at in times]
+    assert sorted(unsourced) == unsourced and len(set(unsourced)) == 50
 
 
 def test_requester_is_kept_out_of_repr_and_redacted_dump() -> None:

@@ -73,7 +73,7 @@ def test_nyc_csv_first_rows(realworld: Path, catalogue: MappingSet) -> None:
     case = next(r for r in rows if r.ok).case
     assert case is not None
     assert (case.source_system, case.source_id) == ("nyc311", "40157411")
-    assert case.hub_id == new_hub_id("nyc311", "40157411")
+    assert case.hub_id == new_hub_id("nyc311", "40157411", case.requested_datetime)
     assert case.service_code == "GRAFFITI" and case.service_name == "Graffiti Removal"
     # 08/31/2018 11:56:05 AM New York (EDT, UTC-4)
     assert case.requested_datetime == datetime(2018, 8, 31, 15, 56, 5, tzinfo=UTC)

@@ -52,6 +52,12 @@ async def test_same_source_request_twice_is_one_case_and_one_work_order(
     again = case.model_copy(update={"hub_id": "ignored"})
     result = IntakeService(hub).submit(again)
     assert not result.created and result.case.hub_id == case.hub_id
+    # sent again with another requested time (the id leads with it): found by its source
+    later = case.requested_datetime + timedelta(hours=1)
+    moved = case.model_copy(update={"hub_id": "ignored", "requested_datetime": later})
+    [first, second] = IntakeService(hub).submit_many([moved, moved.model_copy()])
+    assert not first.created and not second.created
+    assert first.case.hub_id == second.case.hub_id == case.hub_id
     await drain(hub)
     assert city.state("publicworks")["create_calls"] == {case.hub_id: 1}
     await hub.aclose()
