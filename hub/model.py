@@ -37,7 +37,7 @@ def new_hub_id(
     48 bits of Unix milliseconds first, then 74 bits of the source's uuid5 (or random
     bits for a request with no source). Ids then sort by request time, so the rows of
     the cases being worked on sit together in every index keyed by case instead of
-    scattering over all of them (decision 0018). The same request (same source, same
+    scattering over all of them (decision 0019). The same request (same source, same
     time) submitted twice gets the same id; one sent again with another time is found
     by its source at intake. Without a time: the source's plain uuid5, or a random id.
     """

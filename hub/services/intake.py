@@ -107,7 +107,7 @@ class IntakeService:
     # ----------------------------------------------------------------------- steps
 
     @staticmethod
-    def _stored_by_source(uow, refused: list[_Accepted]) -> dict[str, Case]:
+    def _stored_by_source(uow: UnitOfWork, refused: list[_Accepted]) -> dict[str, Case]:
         """Cases that were not inserted and are stored under another hub id: the same
         source request sent again with another requested time (the id leads with it).
         Keyed by the id this submission computed. Rare: a lookup each."""

@@ -402,9 +402,8 @@ class StatusSync:
         ordered = sorted(events, key=sequence_of)
         fresh, known = self._read_ahead(department, ordered)
         mapping = self.hub.mapping(department)
-        attempt = 0
+        attempt = 1  # counts the reruns a concurrent writer forced (StaleCase, lock conflict)
         while True:
-            attempt += 1
             result = SyncResult(department, source, received=len(ordered), watermark=watermark)
             result.outcomes[DUPLICATE] += len(ordered) - len(fresh)
             notes: list[tuple[Case, CaseStatus, CaseStatus, StatusEvent]] = []
@@ -424,11 +423,11 @@ class StatusSync:
                 self.committed.add(department, (e.external_event_id for e in ordered))
                 break
             except RecordedMeanwhile as clash:
-                # Never counted as an attempt: each rerun has fewer events to clash on.
-                attempt -= 1
+                # Not an attempt: each rerun has fewer events to clash on.
                 fresh = [e for e in fresh if e.external_event_id not in clash.external_event_ids]
                 log.info("status sync of %s: %d events recorded meanwhile; rerunning the page",
                          department, len(clash.external_event_ids))
+                continue
             except StaleCase:
                 if attempt == APPLY_ATTEMPTS:
                     raise
@@ -439,6 +438,7 @@ class StatusSync:
                 if attempt == APPLY_ATTEMPTS or not _lock_conflict(error):
                     raise
                 log.info("status sync of %s lost a lock conflict; retrying", department)
+            attempt += 1
         self._notify(notes)
         record_status_events(department, source, result.outcomes)
         if result.outcomes[UNMAPPED] or result.outcomes[ORPHAN]:
