@@ -108,10 +108,12 @@ def routed_cases(
 
 
 def hub_config(department: str, settings: dict[str, Any], concurrency: int) -> HubConfig:
-    """The hub with one department, `concurrency` deliveries in flight."""
+    """The hub with one department, `concurrency` deliveries in flight, claiming the
+    default batch, or as many rows as calls in flight when that is more (up to 256)."""
+    default_batch = WorkerConfig.model_fields["batch_size"].default
     worker = WorkerConfig(
         concurrency=concurrency,
-        batch_size=min(max(concurrency, 1), 256),
+        batch_size=max(default_batch, min(concurrency, 256)),
         idle_poll_seconds=0.05,
     )
     config = DepartmentConfig(

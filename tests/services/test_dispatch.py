@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from hub.config import DepartmentConfig
+from hub.config import DepartmentConfig, WorkerConfig
 from hub.model import CaseStatus, DeliveryState, WorkOrder, utcnow
 from hub.services.dispatch import Dispatcher, resume_department
 from hub.services.intake import IntakeService
@@ -349,3 +349,56 @@ def route_to_streets(hub: Hub, cases: list, due: datetime | None = None) -> None
                 due=due,
             )
         uow.commit()
+
+
+class TurnCounter(Dispatcher):
+    """Counts the turns that settled finished calls, and how many each settled."""
+
+    settled: list[int]
+
+    def _turn(self, finished, capacity):
+        self.__dict__.setdefault("settled", [])
+        if finished:
+            self.settled.append(len(finished))
+        return super()._turn(finished, capacity)
+
+
+async def test_one_call_in_flight_still_settles_a_batch_per_turn(city: SimulatedCity) -> None:
+    """With one call in flight a worker used to claim one row ahead, so every case paid a
+    whole turn and its commit. It now claims up to a batch ahead at the calls' pace, and a
+    turn settles what finished meanwhile: far fewer turns than cases, none stale."""
+    config = city.config().model_copy(
+        update={"worker": WorkerConfig(concurrency=1, idle_poll_seconds=0.05)}
+    )
+    hub = Hub(config, database=city.database_url)
+    cases = feed(hub, 60)
+    dispatcher = TurnCounter(hub, worker_id="one-at-a-time")
+    await dispatcher.run(until_empty=True, timeout=90)
+    assert assert_exactly_once(hub, city, [c.hub_id for c in cases]) == {
+        "delivered": 60,
+        "dead": 0,
+    }
+    assert sum(dispatcher.settled) == 60
+    assert len(dispatcher.settled) <= 20, dispatcher.settled
+    assert dispatcher.stats.stale_claims == 0
+    await hub.aclose()
+
+
+def test_claim_ahead_follows_the_calls_pace(city: SimulatedCity) -> None:
+    def dispatcher(concurrency: int, **kwargs) -> Dispatcher:
+        worker = WorkerConfig(concurrency=concurrency, batch_size=64)
+        hub = Hub(city.config().model_copy(update={"worker": worker}), database=city.database_url)
+        return Dispatcher(hub, **kwargs)
+
+    one = dispatcher(1)
+    assert (one.prefetch(), one.gather_target()) == (1, 1)  # no call seen yet: one per slot
+    one._observe_call(0.002)  # 500 calls a second: a batch goes through in well under 1 s
+    assert (one.prefetch(), one.gather_target()) == (64, 16)
+    one.call_seconds = 0.1  # ten calls a second: ten rows ahead
+    assert one.prefetch() == 10
+    one.call_seconds = 5.0  # a slow department: back to one row per slot
+    assert one.prefetch() == 1
+    busy = dispatcher(128)
+    busy._observe_call(0.001)
+    assert (busy.prefetch(), busy.gather_target()) == (64, 64)  # never beyond a batch
+    assert dispatcher(1, prefetch=3).prefetch() == 3
