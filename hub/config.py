@@ -108,7 +108,13 @@ def _resolve(reference: dict[str, str] | None, field: str) -> str | None:
 class WorkerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    batch_size: int = Field(default=64, ge=1, le=1000, description="rows claimed per query")
+    batch_size: int = Field(
+        default=64,
+        ge=1,
+        le=1000,
+        description="rows claimed per query; also how many a worker may hold claimed ahead "
+        "of its calls, while they get through them within a second",
+    )
     concurrency: int = Field(default=128, ge=1, description="calls in flight per worker")
     lease_seconds: float = Field(default=120.0, gt=0)
     idle_poll_seconds: float = Field(default=0.5, gt=0)
