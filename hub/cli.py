@@ -820,8 +820,11 @@ def serve(
     access_log: Annotated[bool, typer.Option(help="Log every request (uvicorn).")] = False,
     workers: Annotated[
         int,
-        typer.Option(min=1, help="Server processes sharing the port (--with-worker runs the "
-                     "outbox worker in the first one)."),
+        typer.Option(
+            min=1,
+            help="Server processes sharing the port (--with-worker runs the "
+            "outbox worker in the first one).",
+        ),
     ] = 1,
     config: ConfigOption = None,
 ) -> None:
@@ -844,8 +847,14 @@ def serve(
         if pid == 0:
             code = 0
             try:
-                _serve_one(config, host, port, sock, with_worker=with_worker and index == 0,
-                           access_log=access_log)
+                _serve_one(
+                    config,
+                    host,
+                    port,
+                    sock,
+                    with_worker=with_worker and index == 0,
+                    access_log=access_log,
+                )
             except BaseException:
                 code = 1
                 traceback.print_exc()
@@ -867,6 +876,7 @@ def _load_config_or_exit(config: Path | None) -> None:
 
 def _supervise(children: list[int]) -> None:
     """Forward SIGINT/SIGTERM to the server processes and wait for all of them."""
+
     def forward(sig: int, _frame) -> None:
         for pid in children:
             with contextlib.suppress(ProcessLookupError):
@@ -887,8 +897,9 @@ def _supervise(children: list[int]) -> None:
         raise typer.Exit(1)
 
 
-def _serve_one(config: Path | None, host: str, port: int, sock, *, with_worker: bool,
-               access_log: bool) -> None:
+def _serve_one(
+    config: Path | None, host: str, port: int, sock, *, with_worker: bool, access_log: bool
+) -> None:
     """One uvicorn server (uvloop + httptools when installed) on `sock` or host:port."""
     import uvicorn
 

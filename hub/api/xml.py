@@ -71,9 +71,7 @@ def render(root: str, data: Any) -> bytes:
 
 def _parser() -> etree.XMLParser:
     # No entity expansion, no DTD loading, no network: billion laughs and XXE both fail.
-    return etree.XMLParser(
-        resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False
-    )
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 def parse(data: bytes) -> etree._Element:

@@ -170,8 +170,14 @@ def _open_xml(path: Path) -> tuple[ExportFormat, Iterator[tuple[int, Record]]]:
 def _xml_records(root: Any) -> Iterator[tuple[int, Record]]:
     requests = [el for el in root if etree.QName(el).localname == "request"]
     for index, element in enumerate(requests):
-        yield index, {etree.QName(child).localname: (child.text or "").strip()
-                      for child in element if isinstance(child.tag, str)}
+        yield (
+            index,
+            {
+                etree.QName(child).localname: (child.text or "").strip()
+                for child in element
+                if isinstance(child.tag, str)
+            },
+        )
 
 
 def _open_csv(path: Path) -> tuple[ExportFormat, Iterator[tuple[int, Record]]]:
@@ -231,10 +237,24 @@ def _fixture_records(data: list[Any]) -> Iterator[tuple[int, Record]]:
 # --------------------------------------------------------------------------- format mappers
 
 
-_NYC_COLUMNS = ("Unique Key", "Created Date", "Status", "Complaint Type", "Descriptor",
-                "Incident Address", "Intersection Street 1", "Intersection Street 2",
-                "Incident Zip", "Latitude", "Longitude", "Agency", "Borough",
-                "Community Board", "Location Type", "Open Data Channel Type")
+_NYC_COLUMNS = (
+    "Unique Key",
+    "Created Date",
+    "Status",
+    "Complaint Type",
+    "Descriptor",
+    "Incident Address",
+    "Intersection Street 1",
+    "Intersection Street 2",
+    "Incident Zip",
+    "Latitude",
+    "Longitude",
+    "Agency",
+    "Borough",
+    "Community Board",
+    "Location Type",
+    "Open Data Channel Type",
+)
 # The CSV export and the Socrata API name the same columns two ways.
 _NYC_CSV = {name: name for name in _NYC_COLUMNS}
 _NYC_API = {name: name.lower().replace(" ", "_") for name in _NYC_COLUMNS}
@@ -245,7 +265,8 @@ def _nyc(r: Record) -> _Raw:
     get = r.get
     complaint, descriptor = _text(get(col["Complaint Type"])), _text(get(col["Descriptor"]))
     address = _text(get(col["Incident Address"])) or _join(
-        " & ", get(col["Intersection Street 1"]), get(col["Intersection Street 2"]))
+        " & ", get(col["Intersection Street 1"]), get(col["Intersection Street 2"])
+    )
     return _Raw(
         source_id=_text(get(col["Unique Key"])),
         labels=(complaint, descriptor),
@@ -256,15 +277,18 @@ def _nyc(r: Record) -> _Raw:
         zipcode=get(col["Incident Zip"]),
         description=_join(": ", complaint, descriptor) if complaint != descriptor else complaint,
         status=get(col["Status"]),
-        attributes=_pick(r, {
-            "source_type": col["Complaint Type"],
-            "descriptor": col["Descriptor"],
-            "agency": col["Agency"],
-            "borough": col["Borough"],
-            "community_board": col["Community Board"],
-            "location_type": col["Location Type"],
-            "channel": col["Open Data Channel Type"],
-        }),
+        attributes=_pick(
+            r,
+            {
+                "source_type": col["Complaint Type"],
+                "descriptor": col["Descriptor"],
+                "agency": col["Agency"],
+                "borough": col["Borough"],
+                "community_board": col["Community Board"],
+                "location_type": col["Location Type"],
+                "channel": col["Open Data Channel Type"],
+            },
+        ),
     )
 
 
@@ -280,18 +304,21 @@ def _boston(r: Record) -> _Raw:
         zipcode=get("location_zipcode"),
         description=_text(get("case_title")) or _text(get("type")),
         status=get("case_status"),
-        attributes=_pick(r, {
-            "source_type": "type",
-            "case_title": "case_title",
-            "reason": "reason",
-            "department": "department",
-            "queue": "queue",
-            "neighborhood": "neighborhood",
-            "ward": "ward",
-            "city_council_district": "city_council_district",
-            "pwd_district": "pwd_district",
-            "channel": "source",
-        }),
+        attributes=_pick(
+            r,
+            {
+                "source_type": "type",
+                "case_title": "case_title",
+                "reason": "reason",
+                "department": "department",
+                "queue": "queue",
+                "neighborhood": "neighborhood",
+                "ward": "ward",
+                "city_council_district": "city_council_district",
+                "pwd_district": "pwd_district",
+                "channel": "source",
+            },
+        ),
     )
 
 
@@ -307,12 +334,15 @@ def _open311(r: Record) -> _Raw:
         zipcode=get("zipcode"),
         description=_text(get("description")),
         status=get("status"),
-        attributes=_pick(r, {
-            "source_type": "service_name",
-            "source_service_code": "service_code",
-            "agency_responsible": "agency_responsible",
-            "status_notes": "status_notes",
-        }),
+        attributes=_pick(
+            r,
+            {
+                "source_type": "service_name",
+                "source_service_code": "service_code",
+                "agency_responsible": "agency_responsible",
+                "status_notes": "status_notes",
+            },
+        ),
     )
 
 
@@ -349,8 +379,9 @@ class _ServiceLookup:
         return None
 
 
-def _import(line: int, record: Record, spec: _Format, system: str, lookup: _ServiceLookup
-            ) -> ImportedRow:
+def _import(
+    line: int, record: Record, spec: _Format, system: str, lookup: _ServiceLookup
+) -> ImportedRow:
     try:
         raw = spec.mapper(record)
     except (AttributeError, TypeError, ValueError) as exc:  # a record of the wrong shape
@@ -420,8 +451,9 @@ def _try_parse(text: str) -> datetime | None:
     return None
 
 
-def _coordinates(lat_value: Any, long_value: Any, placeholder: tuple[float, float] | None,
-                 problems: list[str]) -> tuple[float | None, float | None]:
+def _coordinates(
+    lat_value: Any, long_value: Any, placeholder: tuple[float, float] | None, problems: list[str]
+) -> tuple[float | None, float | None]:
     try:
         lat, long = _number(lat_value), _number(long_value)
     except (TypeError, ValueError):

@@ -695,6 +695,7 @@ def plugin_sections(hub: Hub, *, heal: bool = False) -> dict[str, Any]:
                 sections[hub.pm.get_name(plugin) or repr(plugin)] = {"error": str(exc)}
     return sections
 
+
 def last_report(hub: Hub, department: str | None = None) -> dict[str, Any] | None:
     """The newest stored run (for `hub reconcile --last`)."""
     r = t.reconcile_runs

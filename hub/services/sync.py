@@ -425,8 +425,11 @@ class StatusSync:
             except RecordedMeanwhile as clash:
                 # Not an attempt: each rerun has fewer events to clash on.
                 fresh = [e for e in fresh if e.external_event_id not in clash.external_event_ids]
-                log.info("status sync of %s: %d events recorded meanwhile; rerunning the page",
-                         department, len(clash.external_event_ids))
+                log.info(
+                    "status sync of %s: %d events recorded meanwhile; rerunning the page",
+                    department,
+                    len(clash.external_event_ids),
+                )
                 continue
             except StaleCase:
                 if attempt == APPLY_ATTEMPTS:

@@ -160,9 +160,7 @@ def _sqlite_begin_read(conn) -> None:
     conn.exec_driver_sql("BEGIN")
 
 
-def make_engine(
-    url: str | None = None, *, pool_size: int = 10, read_only: bool = False
-) -> Engine:
+def make_engine(url: str | None = None, *, pool_size: int = 10, read_only: bool = False) -> Engine:
     """An engine for `url`. `read_only` engines (SQLite) take no write lock at BEGIN, so
     API reads do not queue behind intake and delivery writes."""
     url = database_url(url)

@@ -756,7 +756,6 @@ class AdapterConformance:
                 f"after cancel the department says {found.raw_status!r} ({mapped})"
             )
 
-
     # -- file exchange ---------------------------------------------------------------
 
     @requires(Capability.CREATE, Capability.FILE_EXCHANGE)
@@ -933,8 +932,12 @@ class PaymentConformance:
         good, forged = kit.harness.sign_webhook(body), kit.harness.sign_webhook(body, secret="x")  # type: ignore[attr-defined]
         adapter.verify_webhook(body, good)  # type: ignore[attr-defined]
         stale = kit.harness.sign_webhook(body, age_seconds=400)  # type: ignore[attr-defined]
-        for header, what in ((forged, "forged"), (stale, "stale"), (None, "unsigned"),
-                             (good, "tampered body")):
+        for header, what in (
+            (forged, "forged"),
+            (stale, "stale"),
+            (None, "unsigned"),
+            (good, "tampered body"),
+        ):
             data = body + b" " if what == "tampered body" else body
             with pytest.raises(Exception) as refused:
                 adapter.verify_webhook(data, header)  # type: ignore[attr-defined]

@@ -56,12 +56,14 @@ def record_files(realworld_dir: Path) -> list[Path]:
 # --------------------------------------------------------------------------- service mix
 
 # Used when the real records are not available: a typical big-city 311 mix.
+# fmt: off
 DEFAULT_MIX: dict[str, float] = {
     "STCLEAN": 12, "NOISE": 12, "STRLGHT": 10, "SIDEWALK": 9, "POTHOLE": 8,
     "MISSEDTR": 7, "BULKITEM": 6, "ABANVEH": 6, "TREEDMG": 5, "GRAFFITI": 5,
     "DUMPING": 4, "TRASHSTOR": 3, "RODENT": 3, "PROPMAINT": 3, "MISSEDRC": 2,
     "RECYCART": 2, "OVGRLOT": 2, "NEEDLE": 1,
 }
+# fmt: on
 _SMOOTHING = 0.1  # share of the mix spread evenly, so every catalogue service shows up
 _weights_cache: dict[tuple[str, tuple[Any, ...]], dict[str, float]] = {}
 
@@ -81,13 +83,17 @@ def service_weights(catalogue: MappingSet, realworld_dir: Path | None) -> dict[s
     return dict(_weights_cache[key])
 
 
-def _counted_weights(catalogue: MappingSet, realworld_dir: Path, codes: list[str]
-                     ) -> dict[str, float]:
+def _counted_weights(
+    catalogue: MappingSet, realworld_dir: Path, codes: list[str]
+) -> dict[str, float]:
     per_city: dict[str, list[Counter[str]]] = {}
     for path in record_files(realworld_dir):
         try:
-            counts = Counter(r.case.service_code for r in read_export(path, catalogue=catalogue)
-                             if r.case is not None)
+            counts = Counter(
+                r.case.service_code
+                for r in read_export(path, catalogue=catalogue)
+                if r.case is not None
+            )
         except UnknownFormat:
             continue
         if counts:
@@ -105,8 +111,9 @@ def _counted_weights(catalogue: MappingSet, realworld_dir: Path, codes: list[str
 
 
 def _fingerprint(catalogue: MappingSet) -> tuple[Any, ...]:
-    return tuple((s.service_code, s.service_name, tuple(s.aliases))
-                 for s in catalogue.catalogue.values())
+    return tuple(
+        (s.service_code, s.service_name, tuple(s.aliases)) for s in catalogue.catalogue.values()
+    )
 
 
 # --------------------------------------------------------------------------- places
@@ -139,6 +146,8 @@ NEIGHBOURHOODS: tuple[Neighbourhood, ...] = (
 )
 _SPREAD_DEG = 0.006  # about 600 m: cases cluster around a centre
 
+# Word lists: one line per row reads better than one line per word.
+# fmt: off
 STREETS = (
     "Main St", "Elm St", "Oak Ave", "Maple St", "Cedar St", "Pine St", "Walnut St",
     "Chestnut St", "Park Ave", "Washington St", "Highland Ave", "Spring St", "School St",
@@ -209,6 +218,7 @@ DESCRIPTIONS: dict[str, tuple[str, ...]] = {
     "NOISE": ("Loud music from {number} {street} every night after midnight.",
               "Construction noise at {number} {street} before 7am."),
 }
+# fmt: on
 GENERIC_DESCRIPTION = ("{service} at {number} {street}.", "{service} near {landmark}.")
 
 CAR_MAKES = ("Toyota", "Honda", "Ford", "Nissan", "Chevrolet", "Subaru", "Hyundai")
@@ -254,8 +264,7 @@ class CaseGenerator:
         self._codes = list(self.weights)
         self._cum_weights = _cumulative(self.weights.values())
         self._places_cum = _cumulative(n.weight for n in NEIGHBOURHOODS)
-        self._days_cum = _cumulative(WEEKDAY[(self.start.weekday() + d) % 7]
-                                     for d in range(days))
+        self._days_cum = _cumulative(WEEKDAY[(self.start.weekday() + d) % 7] for d in range(days))
         self._hours_cum = _cumulative(HOURLY)
         self._rng = random.Random(seed)
         self._count = 0
@@ -325,9 +334,9 @@ class CaseGenerator:
         rng = self._rng
         day = self._pick(range(self.days), self._days_cum)
         hour = self._pick(range(24), self._hours_cum)
-        local = (self.start.astimezone(BOSTON).replace(hour=0, minute=0, second=0,
-                                                        microsecond=0)
-                 + timedelta(days=day))
+        local = self.start.astimezone(BOSTON).replace(
+            hour=0, minute=0, second=0, microsecond=0
+        ) + timedelta(days=day)
         # Wall-clock construction keeps the rhythm local across DST changes.
         local = local.replace(hour=hour, minute=rng.randrange(60), second=rng.randrange(60))
         return local.astimezone(UTC)
@@ -381,11 +390,16 @@ class CaseGenerator:
             return f"{rng.choice(COLOURS)} {rng.choice(CAR_MAKES)}"
         return f"{code} {rng.randint(1, 99)}"
 
-    def _description(self, service: ServiceDefinition, attributes: dict[str, Any],
-                     number: int, street: str) -> str:
+    def _description(
+        self, service: ServiceDefinition, attributes: dict[str, Any], number: int, street: str
+    ) -> str:
         template = self._rng.choice(DESCRIPTIONS.get(service.service_code, GENERIC_DESCRIPTION))
-        text = template.format(number=number, street=street, service=service.service_name,
-                               landmark=self._rng.choice(LANDMARKS))
+        text = template.format(
+            number=number,
+            street=street,
+            service=service.service_name,
+            landmark=self._rng.choice(LANDMARKS),
+        )
         lead = _chosen_label(service, attributes)  # keep the text consistent with answers
         return f"{lead}. {text}" if lead else text
 

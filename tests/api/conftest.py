@@ -89,7 +89,7 @@ def paths(element: etree._Element, prefix: str = "") -> set[str]:
 def reference(realworld: Path, relative: str) -> etree._Element:
     """A real Open311 response, read in place (the spec's 403 sample has an HTTP line)."""
     raw = (realworld / "open311" / relative).read_bytes()
-    raw = raw[raw.index(b"<?xml"):] if b"<?xml" in raw else raw
+    raw = raw[raw.index(b"<?xml") :] if b"<?xml" in raw else raw
     return etree.fromstring(raw, etree.XMLParser(resolve_entities=False, no_network=True))
 
 

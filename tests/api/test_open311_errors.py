@@ -13,10 +13,18 @@ from hub.services.apikeys import API_KEYS_ENV, ApiKeyService
 from hub.services.runtime import Hub
 from tests.api.conftest import BASE, ours, paths, reference
 
-LIGHT = {"service_code": "STRLGHT", "lat": "42.3601", "long": "-71.0589",
-         "attribute[condition]": "out"}
-BULK = {"service_code": "BULKITEM", "address_string": "12 Elm St",
-        "attribute[item_types][]": ["furniture", "mattress"], "attribute[item_count]": "2"}
+LIGHT = {
+    "service_code": "STRLGHT",
+    "lat": "42.3601",
+    "long": "-71.0589",
+    "attribute[condition]": "out",
+}
+BULK = {
+    "service_code": "BULKITEM",
+    "address_string": "12 Elm St",
+    "attribute[item_types][]": ["furniture", "mattress"],
+    "attribute[item_count]": "2",
+}
 
 
 def errors_json(response: httpx.Response, status: int) -> list[str]:
@@ -62,13 +70,16 @@ async def _post(client: httpx.AsyncClient, form: dict, fmt: str = "json", **kw):
     ],
 )
 async def test_post_validation(
-    client: httpx.AsyncClient, api_key: str, realworld: Path, change: dict, status: int,
+    client: httpx.AsyncClient,
+    api_key: str,
+    realworld: Path,
+    change: dict,
+    status: int,
     needle: str,
 ) -> None:
     form = {"api_key": api_key, **LIGHT, **change}
     assert any(needle in d for d in errors_json(await _post(client, form), status))
-    assert any(needle in d for d in errors_xml(await _post(client, form, "xml"), status,
-                                               realworld))
+    assert any(needle in d for d in errors_xml(await _post(client, form, "xml"), status, realworld))
 
 
 @pytest.mark.parametrize(
@@ -91,13 +102,18 @@ async def test_attribute_datatypes(
 async def test_valid_multivalue_number_and_datetime(
     client: httpx.AsyncClient, api_key: str, hub: Hub
 ) -> None:
-    form = {"api_key": api_key, **BULK, "attribute[pickup_date]": "2026-12-01T08:00:00-05:00",
-            "attribute[fixmystreet_id]": "FMS-1"}
+    form = {
+        "api_key": api_key,
+        **BULK,
+        "attribute[pickup_date]": "2026-12-01T08:00:00-05:00",
+        "attribute[fixmystreet_id]": "FMS-1",
+    }
     response = await _post(client, form)
     assert response.status_code == 201, response.text
     with hub.uow() as uow:
-        [case] = uow.cases.get_many([uow.cases.get_by_source("fixmystreet", "FMS-1").hub_id]
-                                    ).values()
+        [case] = uow.cases.get_many(
+            [uow.cases.get_by_source("fixmystreet", "FMS-1").hub_id]
+        ).values()
     assert case.attributes["item_types"] == ["furniture", "mattress"]
     assert case.attributes["item_count"] == 2
     assert case.attributes["pickup_date"] == "2026-12-01T13:00:00+00:00"
@@ -122,10 +138,13 @@ async def test_all_problems_reported_at_once(client: httpx.AsyncClient, api_key:
 async def test_get_requests_bad_filters(
     client: httpx.AsyncClient, realworld: Path, query: str, needle: str
 ) -> None:
-    assert any(needle in d for d in errors_json(
-        await client.get(f"{BASE}/requests.json?{query}"), 400))
-    assert any(needle in d for d in errors_xml(
-        await client.get(f"{BASE}/requests.xml?{query}"), 400, realworld))
+    assert any(
+        needle in d for d in errors_json(await client.get(f"{BASE}/requests.json?{query}"), 400)
+    )
+    assert any(
+        needle in d
+        for d in errors_xml(await client.get(f"{BASE}/requests.xml?{query}"), 400, realworld)
+    )
 
 
 async def test_updates_bad_date(client: httpx.AsyncClient) -> None:
@@ -206,8 +225,9 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, realworld: Path)
     big = b"description=" + b"x" * (1024 * 1024 + 1)
     headers = {"content-type": "application/x-www-form-urlencoded"}
     errors_json(await client.post(f"{BASE}/requests.json", content=big, headers=headers), 413)
-    errors_xml(await client.post(f"{BASE}/requests.xml", content=big, headers=headers), 413,
-               realworld)
+    errors_xml(
+        await client.post(f"{BASE}/requests.xml", content=big, headers=headers), 413, realworld
+    )
 
     async def chunks():  # no Content-Length: counted while streaming
         for _ in range(20):
@@ -229,8 +249,11 @@ async def test_oversized_body_is_413(client: httpx.AsyncClient, realworld: Path)
 async def test_junk_bodies_never_500(
     client: httpx.AsyncClient, api_key: str, body: bytes, content_type: str
 ) -> None:
-    response = await client.post(f"{BASE}/requests.json?api_key={api_key}", content=body,
-                                 headers={"content-type": content_type})
+    response = await client.post(
+        f"{BASE}/requests.json?api_key={api_key}",
+        content=body,
+        headers={"content-type": content_type},
+    )
     assert 400 <= response.status_code < 500, response.text
     assert all(set(e) == {"code", "description"} for e in response.json())
 
@@ -272,8 +295,9 @@ async def test_reused_key_for_another_service_is_refused(
     headers = {"Idempotency-Key": "k1"}
     await _post(client, {"api_key": api_key, **LIGHT}, headers=headers)
     form = {"api_key": api_key, "service_code": "POTHOLE", "lat": "42.3", "long": "-71.1"}
-    assert "different service_code" in errors_json(
-        await _post(client, form, headers=headers), 400)[0]
+    assert (
+        "different service_code" in errors_json(await _post(client, form, headers=headers), 400)[0]
+    )
 
 
 async def test_fixmystreet_resend_is_one_case(client: httpx.AsyncClient, api_key: str) -> None:
@@ -304,4 +328,5 @@ def test_xml_input_refuses_entities(document: bytes) -> None:
 def test_xml_round_trip() -> None:
     data = [{"code": 400, "description": "a < b & c"}]
     assert xml.to_data(xml.parse(xml.render("errors", data))) == [
-        {"code": "400", "description": "a < b & c"}]
+        {"code": "400", "description": "a < b & c"}
+    ]

@@ -13,8 +13,13 @@ from hub.services.runtime import Hub
 from hub.services.status import change_status
 from tests.api.conftest import BASE, ours, paths, reference
 
-LIGHT = {"service_code": "STRLGHT", "lat": "42.3601", "long": "-71.0589",
-         "attribute[condition]": "out", "description": "Light out by the school"}
+LIGHT = {
+    "service_code": "STRLGHT",
+    "lat": "42.3601",
+    "long": "-71.0589",
+    "attribute[condition]": "out",
+    "description": "Light out by the school",
+}
 
 
 async def post(client: httpx.AsyncClient, key: str, fmt: str = "json", **extra) -> httpx.Response:
@@ -81,10 +86,19 @@ async def test_service_definition_json(client: httpx.AsyncClient) -> None:
     data = (await client.get(f"{BASE}/services/BULKITEM.json")).json()
     assert data["service_code"] == "BULKITEM"
     first = data["attributes"][0]
-    assert set(first) == {"variable", "code", "datatype", "required", "datatype_description",
-                          "order", "description", "values"}
-    assert [a["order"] for a in data["attributes"]] == sorted(a["order"] for a in
-                                                              data["attributes"])
+    assert set(first) == {
+        "variable",
+        "code",
+        "datatype",
+        "required",
+        "datatype_description",
+        "order",
+        "description",
+        "values",
+    }
+    assert [a["order"] for a in data["attributes"]] == sorted(
+        a["order"] for a in data["attributes"]
+    )
     assert {"key": "mattress", "name": "Mattress or box spring"} in first["values"]
 
 
@@ -131,7 +145,8 @@ async def test_list_requests_xml_matches_real(
     assert paths(doc) == toronto
     empty = await client.get(f"{BASE}/requests.xml?service_code=POTHOLE")
     assert paths(ours(empty)) == paths(
-        reference(realworld, "spec_examples/service_requests_empty.xml"))
+        reference(realworld, "spec_examples/service_requests_empty.xml")
+    )
 
 
 async def test_batch_service_returns_token(
@@ -141,8 +156,8 @@ async def test_batch_service_returns_token(
     response = await any_client.post(f"{BASE}/requests.xml", data=form)
     assert response.status_code == 201
     assert paths(ours(response)) == paths(
-        reference(realworld, "upstream_merton/post_requests_token.xml")) | {
-        "service_requests/request/service_notice", "service_requests/request/account_id"}
+        reference(realworld, "upstream_merton/post_requests_token.xml")
+    ) | {"service_requests/request/service_notice", "service_requests/request/account_id"}
     token = ours(response).findtext("request/token")
     doc = ours(await any_client.get(f"{BASE}/tokens/{token}.xml"))
     assert paths(doc) == paths(reference(realworld, "spec_examples/request_id_from_token.xml"))
@@ -165,8 +180,15 @@ def _advance(hub: Hub, case_id: str, status: CaseStatus, raw: str | None, note: 
     with hub.uow() as uow:
         case = uow.cases.get(case_id)
         assert case is not None
-        change_status(uow, case, status, source="poll", department="publicworks",
-                      raw_code=raw, description=note)
+        change_status(
+            uow,
+            case,
+            status,
+            source="poll",
+            department="publicworks",
+            raw_code=raw,
+            description=note,
+        )
         uow.commit()
 
 
@@ -198,8 +220,15 @@ async def test_updates_json_window_and_fields(
     updates = (await any_client.get(f"{BASE}/servicerequestupdates.json")).json()
     assert [u["status"] for u in updates] == ["open", "in_progress", "fixed"]
     last = updates[-1]
-    assert set(last) == {"update_id", "service_request_id", "status", "updated_datetime",
-                         "description", "media_url", "external_status_code"}
+    assert set(last) == {
+        "update_id",
+        "service_request_id",
+        "status",
+        "updated_datetime",
+        "description",
+        "media_url",
+        "external_status_code",
+    }
     assert last["external_status_code"] == "CLOSED-FIXED"
     assert last["description"] == "Lamp replaced" and last["media_url"] == ""
     assert len({u["update_id"] for u in updates}) == 3

@@ -24,7 +24,8 @@ def realworld() -> Path:
     # shared/ always sits next to the repo: a missing directory is a failure, not a skip.
     found = find_realworld_dir(Path(__file__).parent)
     assert found is not None and (found / "311_records").is_dir(), (
-        f"real 311 records not found (HUB_REALWORLD_DIR or shared/realworld): {found}")
+        f"real 311 records not found (HUB_REALWORLD_DIR or shared/realworld): {found}"
+    )
     return found
 
 
@@ -40,16 +41,28 @@ FILES = [
     ("311_records/nyc/nyc311_2024_socrata_api.json", ExportFormat.NYC_SOCRATA, 1000, 424, 576),
     ("311_records/boston/boston311_2025_open_cases.csv", ExportFormat.BOSTON_CSV, 2424, 2420, 4),
     ("311_records/boston/boston311-100.csv", ExportFormat.BOSTON_CSV, 100, 58, 42),
-    ("311_records/sf/sf311_open311_2011_django_fixture.json", ExportFormat.SF_FIXTURE,
-     500, 318, 182),
+    (
+        "311_records/sf/sf311_open311_2011_django_fixture.json",
+        ExportFormat.SF_FIXTURE,
+        500,
+        318,
+        182,
+    ),
     ("open311/bloomington/bloomington_requests.json", ExportFormat.OPEN311_JSON, 21, 9, 12),
     ("open311/chicago/chicago_requests.json", ExportFormat.OPEN311_JSON, 2, 2, 0),
 ]
 
 
 @pytest.mark.parametrize(("relative", "kind", "total", "imported", "problems"), FILES)
-def test_real_export_counts(realworld: Path, catalogue: MappingSet, relative: str,
-                            kind: ExportFormat, total: int, imported: int, problems: int) -> None:
+def test_real_export_counts(
+    realworld: Path,
+    catalogue: MappingSet,
+    relative: str,
+    kind: ExportFormat,
+    total: int,
+    imported: int,
+    problems: int,
+) -> None:
     assert detect_format(realworld / relative) is kind
     rows = _rows(realworld, relative, catalogue)
     assert len(rows) == total
@@ -69,7 +82,8 @@ def test_nyc_csv_first_rows(realworld: Path, catalogue: MappingSet) -> None:
     first = rows[0]
     assert (first.line, first.source_id) == (2, "39573567")
     assert first.problem == (
-        "unknown service: Non-Emergency Police Matter / Other (complaint details)")
+        "unknown service: Non-Emergency Police Matter / Other (complaint details)"
+    )
     case = next(r for r in rows if r.ok).case
     assert case is not None
     assert (case.source_system, case.source_id) == ("nyc311", "40157411")
@@ -107,8 +121,9 @@ def test_nyc_socrata_2012(realworld: Path, catalogue: MappingSet) -> None:
     assert case.attributes["descriptor"] == "Metal Protruding - Sign Stump"
 
 
-def test_nyc_socrata_2024_descriptor_and_intersection(realworld: Path,
-                                                      catalogue: MappingSet) -> None:
+def test_nyc_socrata_2024_descriptor_and_intersection(
+    realworld: Path, catalogue: MappingSet
+) -> None:
     case = _rows(realworld, "311_records/nyc/nyc311_2024_socrata_api.json", catalogue)[0].case
     assert case is not None and case.source_id == "61276295"
     assert case.service_code == "POTHOLE"  # type "Street Condition", descriptor "Pothole"
@@ -131,7 +146,9 @@ def test_boston_new_schema(realworld: Path, catalogue: MappingSet) -> None:
     assert "" not in case.attributes  # the pandas index column is dropped
     missing = [r for r in rows if r.problem == "missing location"]
     assert [(r.line, r.source_id) for r in missing] == [
-        (119, "101005861543"), (573, "101005949601")]
+        (119, "101005861543"),
+        (573, "101005949601"),
+    ]
     assert not any("&amp;" in (r.case.address_string or "") for r in rows if r.case)
 
 
@@ -148,7 +165,8 @@ def test_boston_legacy_schema(realworld: Path, catalogue: MappingSet) -> None:
     placeholder = next(r for r in rows if r.source_id == "101004113721").case
     assert placeholder is not None and placeholder.lat is None and placeholder.long is None
     assert placeholder.address_string == (
-        "INTERSECTION of Asticou Rd & Washington St Jamaica Plain MA")
+        "INTERSECTION of Asticou Rd & Washington St Jamaica Plain MA"
+    )
 
 
 def test_sf_fixture(realworld: Path, catalogue: MappingSet) -> None:
@@ -167,7 +185,8 @@ def test_sf_fixture(realworld: Path, catalogue: MappingSet) -> None:
 def test_open311_requests_json(realworld: Path, catalogue: MappingSet) -> None:
     rows = _rows(realworld, "open311/bloomington/bloomington_requests.json", catalogue)
     assert rows[0].problem == (
-        "unknown service: Traffic Suggestions / 4e7b3e4c992b945109000000; missing location")
+        "unknown service: Traffic Suggestions / 4e7b3e4c992b945109000000; missing location"
+    )
     case = rows[1].case
     assert case is not None and case.source_id == "4fbd3beeb1fe2c9f5c000001"
     assert (case.source_system, case.service_code) == ("open311", "GRAFFITI")
@@ -193,19 +212,21 @@ def test_thousand_rows_well_under_a_second(realworld: Path, catalogue: MappingSe
 # --------------------------------------------------------------------------- bad rows
 
 BOSTON_HEADER = "case_enquiry_id,open_dt,case_status,case_title,type,location,latitude,longitude"
-BAD_BOSTON = "\n".join([
-    BOSTON_HEADER,
-    "1,2024-03-10 01:30:00,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
-    "2,yesterday,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
-    "3,2024-03-10 09:00:00,Open,Kittens,Kitten Rescue,1 Main St,42.35,-71.06",
-    "4,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair, ,0,0",
-    "5,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,142.35,-71.06",
-    "6,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,north,-71.06",
-    '7,2024-07-04 12:00:00,Closed,"Needle, two lines",Needle Pickup,"2 Elm St\nBoston",,',
-    ",2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
-    "9,2024-03-10 09:00:00",
-    "",
-])
+BAD_BOSTON = "\n".join(
+    [
+        BOSTON_HEADER,
+        "1,2024-03-10 01:30:00,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
+        "2,yesterday,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
+        "3,2024-03-10 09:00:00,Open,Kittens,Kitten Rescue,1 Main St,42.35,-71.06",
+        "4,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair, ,0,0",
+        "5,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,142.35,-71.06",
+        "6,2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,north,-71.06",
+        '7,2024-07-04 12:00:00,Closed,"Needle, two lines",Needle Pickup,"2 Elm St\nBoston",,',
+        ",2024-03-10 09:00:00,Open,Pothole,Request for Pothole Repair,1 Main St,42.35,-71.06",
+        "9,2024-03-10 09:00:00",
+        "",
+    ]
+)
 
 
 def test_bad_rows_are_collected_not_raised(tmp_path: Path, catalogue: MappingSet) -> None:
@@ -237,7 +258,9 @@ def test_open311_bad_records(tmp_path: Path, catalogue: MappingSet) -> None:
         '{"service_request_id": "a", "service_name": "Graffiti", "lat": 40.1, "long": -75.2,'
         ' "requested_datetime": "2020-01-02T03:04:05Z"},'
         '{"service_request_id": "b", "service_name": "Graffiti", "lat": 40.1, "long": -75.2},'
-        '"not a record"]}', encoding="utf-8")
+        '"not a record"]}',
+        encoding="utf-8",
+    )
     rows = list(read_export(path, catalogue=catalogue))
     assert rows[0].case is not None
     assert rows[0].case.requested_datetime == datetime(2020, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -20,8 +20,7 @@ N = 120  # more than psycopg's 50-parameter statement cache
 @pytest.fixture
 def stored(engine) -> list[Case]:
     cases = [
-        Case(service_code="POTHOLE", source_system="crm", source_id=f"list-{i}")
-        for i in range(N)
+        Case(service_code="POTHOLE", source_system="crm", source_id=f"list-{i}") for i in range(N)
     ]
     with UnitOfWork(engine) as uow:
         uow.cases.add_many([(case, None) for case in cases])

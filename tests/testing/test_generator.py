@@ -51,8 +51,7 @@ def test_inside_the_boston_bbox(cases: list[Case]) -> None:
         assert case.zipcode and case.zipcode.startswith("02")
 
 
-def test_only_catalogue_codes_and_most_of_them(catalogue: MappingSet,
-                                               cases: list[Case]) -> None:
+def test_only_catalogue_codes_and_most_of_them(catalogue: MappingSet, cases: list[Case]) -> None:
     codes = {c.service_code for c in cases}
     assert codes <= set(catalogue.catalogue)
     assert len(codes) >= len(catalogue.catalogue) // 2
