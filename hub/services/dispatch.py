@@ -87,8 +87,8 @@ GATHER_SECONDS = 0.05
 # Claim-ahead: besides the calls in flight a worker holds up to a claim's worth of rows
 # (batch_size), but no more than its calls get through in this long. A worker with few
 # calls in flight then still settles a batch per turn: at one call in flight it claimed a
-# single row ahead, so every case paid a whole turn and its commit (216 cases/s against a
-# department answering at once; 720 with a batch ahead). The bound keeps a slow
+# single row ahead, so every case paid a whole turn and its commit (150-250 cases/s against
+# a department answering at once; 500-700 with a batch ahead). The bound keeps a slow
 # department's rows from waiting on one busy worker while another worker could call them.
 PREFETCH_SECONDS = 1.0
 CALL_SMOOTHING = 0.05  # weight of the newest call in the moving average of a call's time
