@@ -23,7 +23,7 @@ from hub.model import (
     WorkOrder,
 )
 from hub.store.db import make_engine
-from hub.store.repository import DepartmentHealth, OutboxState, StaleCase
+from hub.store.repository import DepartmentHealth, OutboxState, QueueStats, StaleCase
 from hub.store.uow import UnitOfWork
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -505,9 +505,10 @@ def test_advancing_cases_on_sqlite_searches_by_key_not_every_case(tmp_path) -> N
 
 
 def test_queue_stats_count_open_rows_and_skip_the_done_history(engine) -> None:
-    """`hub departments status` reads these: pending (due or not), dead, per department.
-    Done rows are history; the query leaves them out so the state index can skip them
-    (on PostgreSQL a million done rows took 250 ms to count, 3 ms to skip)."""
+    """`hub departments status` reads these: pending (due or not), dead, per department,
+    and a department whose deliveries are all done is still listed, with zeros. (On
+    PostgreSQL the open rows come through the state index and the departments through a
+    skip scan: 250 ms to count a million done rows, 3 ms to skip them.)"""
     cases = [a_case(n) for n in range(1, 5)]
     with UnitOfWork(engine) as uow:
         for case in cases:
@@ -528,6 +529,7 @@ def test_queue_stats_count_open_rows_and_skip_the_done_history(engine) -> None:
         uow.commit()
     with UnitOfWork(engine) as uow:
         stats = uow.outbox.stats(now=T0 + timedelta(minutes=1))
-    assert set(stats) == {"publicworks"}  # sanitation has only done rows
+    assert set(stats) == {"publicworks", "sanitation"}
+    assert stats["sanitation"] == QueueStats("sanitation", 0, 0, 0, 0, None)  # all done
     works = stats["publicworks"]
     assert (works.pending, works.due, works.dead, works.held) == (2, 1, 1, 0)
