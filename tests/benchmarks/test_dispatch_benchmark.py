@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.conftest import _require_postgres, postgres_base_url
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "dispatch.py"
 RATES = ("aiohttp_rps", "httpx_rps", "httpx_aiohttp_rps", "adapter_rps", "hub_cases_per_s")
@@ -82,3 +86,22 @@ def test_soap_per_call_reports_cpu_per_operation() -> None:
     assert all(c["cpu_ms_per_call"] > 0 and c["wall_ms_per_call"] > 0 for c in costs.values())
     assert costs["create"]["calls"] == 6 and costs["poll_changes"]["calls"] == 2
     assert costs["poll_changes"]["records_per_call"] == 6  # the round's cases, every one
+
+
+QUEUE_STATS_SCRIPT = REPO / "benchmarks" / "queue_stats.py"
+
+
+@pytest.mark.parametrize("store", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_queue_stats_benchmark_lists_every_department(store: str) -> None:
+    argv = ["--rows", "4000", "--open-every", "10", "--repeats", "2"]
+    if store == "postgres":
+        _require_postgres(postgres_base_url())
+        argv += ["--postgres", postgres_base_url()]
+    done, doc = run_script(QUEUE_STATS_SCRIPT, *argv)
+    assert "median ms" in done.stdout  # the table came first
+    assert doc["store"] == ("postgresql" if store == "postgres" else "sqlite")
+    # 3,000 rows in the three working departments, one in ten of each pending (n // 4 % 10)
+    assert doc["open_rows"] == 300
+    assert doc["departments"]["payments"] == {"pending": 0, "dead": 0}  # all done, listed
+    assert {d["pending"] for n, d in doc["departments"].items() if n != "payments"} == {100}
+    assert doc["stats_ms_best"] > 0
