@@ -1,9 +1,11 @@
-"""Queue stats over a year of outbox history: what `hub departments status` costs.
+"""Queue stats over a year of outbox history: what `hub departments status` and a
+/metrics scrape (`hub top`) cost.
 
 Fills a fresh, migrated database with `--rows` outbox rows spread over three departments,
 one in `--open-every` still pending and the rest done (the history a year leaves), plus
-a fourth department whose rows are all done. Then times `OutboxRepository.stats()` a few
-times and prints the best and median milliseconds and the departments it listed.
+a fourth department whose rows are all done. Then times `OutboxRepository.stats()` and
+the metrics snapshot (`read_snapshot`) a few times each, and prints the best and median
+milliseconds and the departments listed.
 
     .venv/bin/python benchmarks/queue_stats.py                      # SQLite, 1,000,000 rows
     .venv/bin/python benchmarks/queue_stats.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
@@ -34,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from hub.model import utcnow  # noqa: E402
+from hub.observability.metrics import read_snapshot  # noqa: E402
 from hub.store.db import make_engine  # noqa: E402
 from hub.store.migrate import upgrade  # noqa: E402
 from hub.store.uow import UnitOfWork  # noqa: E402
@@ -91,6 +95,18 @@ def time_stats(engine: Engine, repeats: int) -> tuple[list[float], dict[str, Any
     return timings, listed
 
 
+def time_snapshot(engine: Engine, repeats: int) -> list[float]:
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with engine.connect() as connection:
+            snapshot = read_snapshot(connection, utcnow(), DEPARTMENTS)
+        timings.append((time.perf_counter() - started) * 1000)
+        if set(snapshot.queues) != set(DEPARTMENTS):  # the pending ones, not the done one
+            raise RuntimeError(f"snapshot queues: {sorted(snapshot.queues)}")
+    return timings
+
+
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     if args.postgres:
         schema = f"queuestats_{uuid.uuid4().hex[:8]}"
@@ -112,6 +128,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             fill_sqlite(path, args.rows, args.open_every)
         fill_seconds = time.perf_counter() - started
         timings, listed = time_stats(engine, args.repeats)
+        snapshot_timings = time_snapshot(engine, args.repeats)
         engine.dispose()
     finally:
         if args.postgres:
@@ -126,18 +143,24 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         "fill_seconds": round(fill_seconds, 1),
         "stats_ms_best": round(min(timings), 2),
         "stats_ms_median": round(statistics.median(timings), 2),
+        "metrics_snapshot_ms_best": round(min(snapshot_timings), 2),
+        "metrics_snapshot_ms_median": round(statistics.median(snapshot_timings), 2),
         "departments": listed,
     }
 
 
 def table(doc: dict[str, Any]) -> str:
-    head = f"{'store':<11}{'rows':>11}{'open':>8}{'best ms':>10}{'median ms':>11}  departments"
-    row = (
-        f"{doc['store']:<11}{doc['rows']:>11,}{doc['open_rows']:>8,}"
-        f"{doc['stats_ms_best']:>10.2f}{doc['stats_ms_median']:>11.2f}  "
-        + ", ".join(doc["departments"])
+    head = (
+        f"{'store':<11}{'rows':>11}{'open':>6}{'stats best':>12}{'stats median':>14}"
+        f"{'metrics best':>14}{'metrics median':>16}"
     )
-    return f"{head}\n{'-' * len(head)}\n{row}"
+    row = (
+        f"{doc['store']:<11}{doc['rows']:>11,}{doc['open_rows']:>6,}"
+        f"{doc['stats_ms_best']:>12.2f}{doc['stats_ms_median']:>14.2f}"
+        f"{doc['metrics_snapshot_ms_best']:>14.2f}{doc['metrics_snapshot_ms_median']:>16.2f}"
+    )
+    listed = "departments listed by stats(): " + ", ".join(doc["departments"])
+    return f"{head}\n{'-' * len(head)}\n{row}\n(milliseconds) {listed}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

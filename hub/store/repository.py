@@ -818,7 +818,7 @@ class QueueStats:
 OPEN_STATES = (OutboxState.PENDING, OutboxState.DEAD, OutboxState.HELD)
 
 # The distinct departments of the outbox by hopping along the department index, one
-# probe per department (PostgreSQL has no skip scan of its own): DISTINCT would read
+# probe per department (neither store skip-scans on its own here): DISTINCT would read
 # every entry, a million rows after a year.
 _DEPARTMENTS_SKIP_SCAN = text(
     """
@@ -831,6 +831,11 @@ _DEPARTMENTS_SKIP_SCAN = text(
     SELECT department FROM d WHERE department IS NOT NULL
     """
 )
+
+
+def outbox_departments(connection: Connection) -> list[str]:
+    """Every department with a row in the outbox, in name order, by index seeks."""
+    return list(connection.execute(_DEPARTMENTS_SKIP_SCAN).scalars())
 
 
 class OutboxRepository:
@@ -1176,27 +1181,31 @@ class OutboxRepository:
         ).rowcount
 
     def stats(self, now: datetime | None = None) -> dict[str, QueueStats]:
-        """Per department that has any delivery: pending (due or scheduled), dead, held."""
+        """Per department that has any delivery: pending (due or scheduled), dead, held.
+        Index seeks only, on both stores: the departments by a skip scan, then their open
+        rows by (department, state), never the done history (millions of rows a year)."""
         now = now or utcnow()
+        departments = outbox_departments(self.connection)
+        if not departments:
+            return {}
         o = t.outbox
-        query = select(
-            o.c.department,
-            func.sum(_case(o.c.state == OutboxState.PENDING)),
-            func.sum(_case(and_(o.c.state == OutboxState.PENDING, o.c.next_attempt_at <= now))),
-            func.sum(_case(o.c.state == OutboxState.DEAD)),
-            func.sum(_case(o.c.state == OutboxState.HELD)),
-            func.min(_case_value(o.c.state == OutboxState.PENDING, o.c.next_attempt_at)),
-        ).group_by(o.c.department)
-        pg = self.connection.dialect.name == "postgresql"
-        if pg:  # open rows through the state index, not the done history (millions of rows)
-            query = query.where(o.c.state.in_(OPEN_STATES))
-        stats = {
-            dept: QueueStats(dept, int(p or 0), int(d or 0), int(x or 0), int(h or 0), oldest)
-            for dept, p, d, x, h, oldest in self.connection.execute(query)
-        }
-        if pg:  # departments with only finished rows, listed as before
-            for dept in self.connection.execute(_DEPARTMENTS_SKIP_SCAN).scalars():
-                stats.setdefault(dept, QueueStats(dept, 0, 0, 0, 0, None))
+        rows = self.connection.execute(
+            select(
+                o.c.department,
+                func.sum(_case(o.c.state == OutboxState.PENDING)),
+                func.sum(_case(and_(o.c.state == OutboxState.PENDING, o.c.next_attempt_at <= now))),
+                func.sum(_case(o.c.state == OutboxState.DEAD)),
+                func.sum(_case(o.c.state == OutboxState.HELD)),
+                func.min(_case_value(o.c.state == OutboxState.PENDING, o.c.next_attempt_at)),
+            )
+            .where(o.c.department.in_(departments), o.c.state.in_(OPEN_STATES))
+            .group_by(o.c.department)
+        )
+        stats = {dept: QueueStats(dept, 0, 0, 0, 0, None) for dept in departments}
+        for dept, p, d, x, h, oldest in rows:
+            stats[dept] = QueueStats(
+                dept, int(p or 0), int(d or 0), int(x or 0), int(h or 0), oldest
+            )
         return stats
 
     def count(self, state: str | None = None) -> int:
