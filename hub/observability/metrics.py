@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection
 
 from hub.model import utcnow
 from hub.store import tables as t
-from hub.store.repository import outbox_departments
+from hub.store.repository import OPEN_STATES, outbox_departments
 
 if TYPE_CHECKING:
     from hub.services.runtime import Hub
@@ -230,7 +230,7 @@ def _queues(connection: Connection, now: datetime) -> dict[str, dict[str, Any]]:
             func.sum(case((due, 1), else_=0)),
             func.min(case((due, o.c.next_attempt_at), else_=None)),
         )
-        .where(o.c.department.in_(departments), o.c.state.in_(["pending", "held", "dead"]))
+        .where(o.c.department.in_(departments), o.c.state.in_(OPEN_STATES))
         .group_by(o.c.department, o.c.state)
     )
     queues: dict[str, dict[str, Any]] = {}

@@ -354,10 +354,11 @@ def route_to_streets(hub: Hub, cases: list, due: datetime | None = None) -> None
 class TurnCounter(Dispatcher):
     """Counts the turns that settled finished calls, and how many each settled."""
 
-    settled: list[int]
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.settled: list[int] = []
 
     def _turn(self, finished, capacity):
-        self.__dict__.setdefault("settled", [])
         if finished:
             self.settled.append(len(finished))
         return super()._turn(finished, capacity)
