@@ -240,6 +240,14 @@ def worker(
         serve_metrics(hub, metrics_port, addr=metrics_host)
     if not hub.configured_departments():
         typer.echo("no departments configured yet")
+    for department, problems in hub.department_problems().items():
+        for problem in problems:
+            typer.echo(f"warning: {problem}", err=True)
+        typer.echo(
+            f"warning: {department} pauses at its first delivery until the config is fixed"
+            f" and `hub departments resume {department}` is run",
+            err=True,
+        )
 
     async def main() -> None:
         from hub.services.scheduler import Scheduler

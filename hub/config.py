@@ -181,15 +181,22 @@ def build_adapter(
     name: str, department: DepartmentConfig, adapter_cls: type[Adapter], *, source: Path | None
 ) -> Adapter:
     """Instantiate a department's adapter, turning setting errors into ConfigErrors."""
+    settings = check_settings(name, department, adapter_cls, source=source)
+    return adapter_cls(settings, department=name)
+
+
+def check_settings(
+    name: str, department: DepartmentConfig, adapter_cls: type[Adapter], *, source: Path | None
+) -> AdapterConfig:
+    """A department's adapter settings, validated (secrets resolved); ConfigError if not."""
     where = str(source or "config")
     try:
-        settings: AdapterConfig = adapter_cls.config_model.model_validate(department.settings)
+        return adapter_cls.config_model.model_validate(department.settings)
     except ValidationError as exc:
         prefix = f"departments.{name}.settings"
         raise ConfigError(_pydantic_problems(Path(where), exc, prefix=prefix)) from exc
     except SecretSourceError as exc:
         raise ConfigError([f"{where}: departments.{name}.settings.{exc}"]) from exc
-    return adapter_cls(settings, department=name)
 
 
 def _pydantic_problems(path: Path, exc: ValidationError, prefix: str = "") -> list[str]:

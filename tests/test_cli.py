@@ -196,6 +196,20 @@ def test_worker_dlq_case_and_departments_commands(city_with_config: SimulatedCit
     assert runner.invoke(app, ["case", "show", "nope"]).exit_code == 1
 
 
+def test_worker_warns_at_start_of_a_department_it_cannot_build(
+    city_with_config: SimulatedCity, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    feed(city_with_config.hub(), 1)
+    monkeypatch.delenv("HUB_SIM_PUBLICWORKS_PASSWORD")
+    result = runner.invoke(app, ["worker", "--drain"])
+    assert result.exit_code == 0, result.output
+    assert "departments.publicworks.settings: password: environment variable" in result.stderr
+    assert "publicworks pauses at its first delivery" in result.stderr
+    status = json.loads(runner.invoke(app, ["departments", "status", "--json"]).output)
+    [publicworks] = [d for d in status if d["department"] == "publicworks"]
+    assert publicworks["state"] == "paused" and publicworks["queue_depth"] == 1
+
+
 def test_worker_no_dispatch_runs_the_polls_and_delivers_nothing(
     tmp_path: Path, db_url: str
 ) -> None:

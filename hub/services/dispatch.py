@@ -45,7 +45,7 @@ from hub.adapters import (
     Transient,
     UnknownOutcome,
 )
-from hub.config import DeliveryPolicy
+from hub.config import ConfigError, DeliveryPolicy
 from hub.mapping import PayloadError
 from hub.model import (
     Attachment,
@@ -593,6 +593,9 @@ class Dispatcher:
             attempt = self._classify(item, error)
         except DepartmentNotConfigured as error:
             attempt = Attempt(item, RETRY, str(error), error_class="not_configured", refused=True)
+        except ConfigError as error:  # e.g. a secret's variable unset: a human must fix it
+            message = f"department misconfigured: {'; '.join(error.problems)}"
+            attempt = Attempt(item, PAUSED, message, error_class="config", refused=True)
         except Exception as error:  # an adapter bug must never crash the worker
             log.exception("adapter %s raised an unclassified error", item.department)
             attempt = self._classify(item, Transient(f"unclassified {type(error).__name__}"))

@@ -10,9 +10,9 @@ import pluggy
 from sqlalchemy import Engine
 
 from hub.adapters import Adapter
-from hub.config import HubConfig, build_adapter, load_config
+from hub.config import ConfigError, HubConfig, build_adapter, check_settings, load_config
 from hub.mapping import DepartmentMapping, MappingSet, load_mappings
-from hub.plugins import AdapterRegistry, make_plugin_manager
+from hub.plugins import AdapterRegistry, PluginError, make_plugin_manager
 from hub.store.db import database_url, make_engine
 from hub.store.uow import UnitOfWork
 
@@ -87,11 +87,34 @@ class Hub:
             dept = self.config.enabled_departments().get(department)
             if dept is None:
                 raise DepartmentNotConfigured(f"department {department!r} is not configured")
-            adapter_cls = self.registry.get(dept.adapter)
+            adapter_cls = self._adapter_class(department)
             self._adapters[department] = build_adapter(
                 department, dept, adapter_cls, source=self.config.source
             )
         return self._adapters[department]
+
+    def department_problems(self) -> dict[str, list[str]]:
+        """What keeps each enabled department's adapter from being built: an unknown
+        adapter name or settings that do not validate (e.g. a secret's environment variable
+        unset). Checked without building the adapters, which may touch their drop folders."""
+        problems: dict[str, list[str]] = {}
+        for department, dept in self.config.enabled_departments().items():
+            try:
+                check_settings(
+                    department, dept, self._adapter_class(department), source=self.config.source
+                )
+            except ConfigError as exc:
+                problems[department] = exc.problems
+        return problems
+
+    def _adapter_class(self, department: str) -> type[Adapter]:
+        """The department's adapter class; an unknown name is a config problem."""
+        name = self.config.departments[department].adapter
+        try:
+            return self.registry.get(name)
+        except PluginError as exc:
+            where = self.config.source or "config"
+            raise ConfigError([f"{where}: departments.{department}.adapter: {exc}"]) from None
 
     async def aclose(self) -> None:
         for adapter in self._adapters.values():
