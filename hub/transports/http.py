@@ -14,23 +14,35 @@ The stock transport maps both to ConnectTimeout, which would hide an unknown out
 Per-call overhead is trimmed where httpx and httpx-aiohttp do work the hub never needs
 (measured with benchmarks/dispatch.py; see the decision record): relative URLs are merged
 with the base URL once, not on every call; the cookie jar is only consulted when an answer
-sets a cookie; headers go to aiohttp as plain pairs; small answers are read in one piece.
+sets a cookie; headers go to aiohttp as plain pairs; small answers are read in one piece;
+a plain call (bytes to a path; no auth, redirect following or hooks) is built from a
+template and sent without httpx's auth and redirect generators. The last leans on httpx
+internals (``BoundAsyncStream``, ``ClientState``, ``Response._content``); the tests in
+tests/adapters/test_http_plain_path.py compare every visible detail with httpx's own path,
+so an httpx release that changes them fails there first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from time import perf_counter
 from typing import Any
 
 import aiohttp
 import httpx
+from httpx._client import BoundAsyncStream, ClientState
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import AiohttpResponseStream
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 TRANSPORT_ENV = "HUB_HTTP_TRANSPORT"  # "aiohttp" (default) or "httpx"
+
+# httpx logs every request at INFO on this logger; the plain send keeps that line.
+httpx_log = logging.getLogger("httpx")
 
 # Answers up to this size (by Content-Length) are read inside the transport in one piece;
 # larger or unsized ones stream as before.
@@ -134,9 +146,20 @@ class _LazyCookies(httpx.Cookies):
 
 
 class HubAsyncClient(httpx.AsyncClient):
-    """httpx.AsyncClient that merges each relative URL with the base URL once, and the
-    client's headers with each set of per-request headers once: adapters call a handful
-    of fixed paths with fixed headers, and httpx re-parses and re-merges them every time."""
+    """httpx.AsyncClient shortened for the calls adapters make: a handful of fixed paths
+    with fixed headers and a body of bytes, no auth flow, no redirects, no event hooks.
+
+    - Each relative URL is merged with the base URL once, and the client's headers with
+      each set of per-request headers once (httpx re-parses and re-merges them every time).
+    - Such a request is built from a template of its URL and headers (Host included), so
+      httpx does not re-encode the body and re-derive its headers on every call.
+    - Such a request is sent without httpx's auth and redirect generators, and an answer
+      the transport read whole is read synchronously instead of through async iterators.
+    Anything else (auth, redirects followed, hooks, streaming, data=/json=/files=) takes
+    httpx's own path unchanged. What the caller sees is what httpx gives: the same request
+    headers in the same order, the same response (elapsed, next_request, cookies, the
+    httpx log line), the same errors; respx still intercepts (``_transport_for_url``).
+    """
 
     _MERGED_MAX = 512
 
@@ -146,6 +169,169 @@ class HubAsyncClient(httpx.AsyncClient):
         self._merged: dict[str, httpx.URL] = {}
         self._merged_base = self.base_url
         self._merged_headers: dict[tuple, httpx.Headers] = {}
+        self._templates: dict[tuple, tuple[httpx.URL, httpx.Headers] | None] = {}
+        self._timeout_extension: tuple[httpx.Timeout, dict[str, float | None]] | None = None
+
+    def build_request(
+        self,
+        method: str,
+        url: httpx.URL | str,
+        *,
+        content: Any = None,
+        data: Any = None,
+        files: Any = None,
+        json: Any = None,
+        params: Any = None,
+        headers: Any = None,
+        cookies: Any = None,
+        timeout: Any = httpx.USE_CLIENT_DEFAULT,
+        extensions: Any = None,
+    ) -> httpx.Request:
+        template = None
+        if (
+            type(content) is bytes
+            and content
+            and type(url) is str
+            and data is None
+            and files is None
+            and json is None
+            and params is None
+            and cookies is None
+            and extensions is None
+            and timeout is httpx.USE_CLIENT_DEFAULT
+        ):
+            template = self._template(url, headers)
+        if template is None:
+            return super().build_request(
+                method,
+                url,
+                content=content,
+                data=data,
+                files=files,
+                json=json,
+                params=params,
+                headers=headers,
+                cookies=cookies,
+                timeout=timeout,
+                extensions=extensions,
+            )
+        target, template_headers = template
+        request = httpx.Request(
+            method,
+            target,
+            headers=template_headers,
+            stream=httpx.ByteStream(content),
+            extensions={"timeout": self._timeout_dict()},
+        )
+        # httpx's own order: Host, the merged headers, then Content-Length.
+        request.headers["Content-Length"] = str(len(content))
+        request.read()
+        return request
+
+    def _template(self, url: str, headers: Any) -> tuple[httpx.URL, httpx.Headers] | None:
+        """The URL and the headers (Host first) of a plain request; None when httpx must
+        build it (client params or cookies, a Content-Length or Host of the caller's)."""
+        if self.params or self.cookies or (headers is not None and type(headers) is not dict):
+            return None
+        try:
+            key = (url, self.base_url, tuple(self.headers.raw), tuple((headers or {}).items()))
+            template = self._templates[key]
+        except TypeError:  # an unhashable header value
+            return None
+        except KeyError:
+            template = self._new_template(url, headers)
+            if len(self._templates) < self._MERGED_MAX:
+                self._templates[key] = template
+        return template
+
+    def _new_template(self, url: str, headers: Any) -> tuple[httpx.URL, httpx.Headers] | None:
+        target = self._merge_url(url)
+        merged = self._merge_headers(headers)
+        if not target.host or "host" in merged or "content-length" in merged:
+            return None
+        if "transfer-encoding" in merged:
+            return None
+        return target, httpx.Headers([(b"Host", target.netloc), *merged.raw])
+
+    def _timeout_dict(self) -> dict[str, float | None]:
+        cached = self._timeout_extension
+        if cached is None or cached[0] is not self.timeout:
+            cached = self._timeout_extension = (self.timeout, self.timeout.as_dict())
+        return cached[1]
+
+    async def send(  # type: ignore[override]
+        self,
+        request: httpx.Request,
+        *,
+        stream: bool = False,
+        auth: Any = httpx.USE_CLIENT_DEFAULT,
+        follow_redirects: Any = httpx.USE_CLIENT_DEFAULT,
+    ) -> httpx.Response:
+        if stream or not self._sends_plainly(request, auth, follow_redirects):
+            return await super().send(
+                request, stream=stream, auth=auth, follow_redirects=follow_redirects
+            )
+        self._state = ClientState.OPENED
+        self._set_timeout(request)
+        transport = self._transport_for_url(request.url)
+        started = perf_counter()
+        try:
+            response = await transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            exc.request = request
+            raise
+        response.request = request
+        try:
+            await self._finish(response, started)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response
+
+    def _sends_plainly(self, request: httpx.Request, auth: Any, follow_redirects: Any) -> bool:
+        """No auth flow, no redirect followed, no hook: httpx's generators would only
+        pass the one request and its answer through."""
+        if follow_redirects is httpx.USE_CLIENT_DEFAULT:
+            follow_redirects = self.follow_redirects
+        hooks = self.event_hooks
+        return (
+            self._state is not ClientState.CLOSED
+            and auth is httpx.USE_CLIENT_DEFAULT
+            and self.auth is None
+            and not follow_redirects
+            and not hooks["request"]
+            and not hooks["response"]
+            and not request.url.userinfo
+        )
+
+    async def _finish(self, response: httpx.Response, started: float) -> None:
+        """What httpx does with an answer it does not follow: the redirect it would
+        follow, cookies, encoding, its log line, then the body read."""
+        request = response.request
+        if response.has_redirect_location:
+            response.next_request = self._build_redirect_request(request, response)
+        self.cookies.extract_cookies(response)
+        response.default_encoding = self._default_encoding
+        httpx_log.info(
+            'HTTP Request: %s %s "%s %d %s"',
+            request.method,
+            request.url,
+            response.http_version,
+            response.status_code,
+            response.reason_phrase,
+        )
+        if isinstance(response.stream, httpx.ByteStream):  # the transport read it whole
+            response.elapsed = timedelta(seconds=perf_counter() - started)
+            if "content-encoding" in response.headers:
+                response.read()  # httpx decodes it
+            else:  # what read() ends with, without its chunker and decoder generators
+                body = b"".join(response.stream)
+                response._content = body
+                response._num_bytes_downloaded = len(body)
+                response.is_stream_consumed = response.is_closed = True
+        else:
+            response.stream = BoundAsyncStream(response.stream, response=response, start=started)
+            await response.aread()
 
     def _merge_headers(self, headers: Any = None) -> httpx.Headers:
         """httpx's merge (per-request headers override the client's), built once per
