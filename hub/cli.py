@@ -11,13 +11,16 @@ import signal
 import sys
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from hub.config import ConfigError, load_config
+
+if TYPE_CHECKING:
+    from hub.services.runtime import Hub
 
 app = typer.Typer(
     help="Department integration hub: 311 cases in, work orders out, status back.",
@@ -240,14 +243,7 @@ def worker(
         serve_metrics(hub, metrics_port, addr=metrics_host)
     if not hub.configured_departments():
         typer.echo("no departments configured yet")
-    for department, problems in hub.department_problems().items():
-        for problem in problems:
-            typer.echo(f"warning: {problem}", err=True)
-        typer.echo(
-            f"warning: {department} pauses at its first delivery until the config is fixed"
-            f" and `hub departments resume {department}` is run",
-            err=True,
-        )
+    _warn_of_department_problems(hub)
 
     async def main() -> None:
         from hub.services.scheduler import Scheduler
@@ -274,6 +270,19 @@ def worker(
         typer.echo(json.dumps(stats.as_dict()))
 
     asyncio.run(main())
+
+
+def _warn_of_department_problems(hub: Hub) -> None:
+    """A department whose adapter cannot be built is named at start, not first met as a
+    pause: the other departments still flow, so the worker starts anyway."""
+    for department, problems in hub.department_problems().items():
+        for problem in problems:
+            typer.echo(f"warning: {problem}", err=True)
+        typer.echo(
+            f"warning: {department} pauses at its first delivery until the config is fixed"
+            f" and `hub departments resume {department}` is run",
+            err=True,
+        )
 
 
 # --------------------------------------------------------------------------- status sync
@@ -935,6 +944,7 @@ def _serve_one(
         if with_worker:  # same event loop: the worker's calls interleave with requests
             from hub.services.dispatch import Dispatcher
 
+            _warn_of_department_problems(hub)
             worker_task = asyncio.create_task(Dispatcher(hub).run(stop=stop))
         try:  # returns on SIGINT/SIGTERM (uvicorn's handlers)
             await server.serve(sockets=[sock] if sock is not None else None)
