@@ -19,7 +19,14 @@ department (``/__sim__/state``) and for every case delivered.
 
     .venv/bin/python benchmarks/dispatch.py                  # full matrix, ~3-5 minutes
     .venv/bin/python benchmarks/dispatch.py --quick          # smoke run
+    .venv/bin/python benchmarks/dispatch.py --repeats 3      # medians of 3 runs per cell
     .venv/bin/python benchmarks/dispatch.py --postgres postgresql+psycopg://postgres@127.0.0.1/test
+
+With ``--repeats N`` each cell runs N times, each time with every client and a fresh hub
+store. A cell then reports the median of each rate and the median of the N per-run ratios
+(each run's hub against that run's aiohttp loop), with every run's ratio beside it. The
+rates of this 2-core machine class swing by a quarter between runs of one afternoon, the
+bare loop's as much as the hub's.
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
 """
@@ -32,6 +39,7 @@ import itertools
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -287,19 +295,26 @@ class Cell:
     duplicates: int = 0
     client_errors: dict[str, int] = field(default_factory=dict)
     hub_stats: dict[str, Any] = field(default_factory=dict)
+    ratio_hub_vs_aiohttp_runs: list[float] = field(default_factory=list)  # one per repeat
 
 
 CLIENTS = {"aiohttp": "aiohttp_rps", "httpx": "httpx_rps", "httpx+aiohttp": "httpx_aiohttp_rps"}
 
 
 def run_cell(
-    url: str, store: Store, mappings: MappingSet, latency_ms: int, concurrency: int, n: int
+    url: str,
+    store: Store,
+    mappings: MappingSet,
+    latency_ms: int,
+    concurrency: int,
+    n: int,
+    repeat: int = 0,
 ) -> Cell:
     cell = Cell(latency_ms=latency_ms, concurrency=concurrency, n=n)
     sim_admin(url, "faults", {"latency_ms": latency_ms})
     hub = Hub(
         hub_config(url, concurrency),
-        database=store.fresh(f"l{latency_ms}-c{concurrency}"),
+        database=store.fresh(f"l{latency_ms}-c{concurrency}-r{repeat}"),
         mappings=mappings,
     )
     try:
@@ -336,9 +351,42 @@ def fill_hub_figures(cell: Cell, run: HubRun) -> None:
     cell.hub_end_to_end_cases_per_s = n / (run.intake_seconds + run.dispatch_seconds)
     cell.intake_cases_per_s = n / run.intake_seconds
     cell.ratio_hub_vs_aiohttp = cell.hub_cases_per_s / cell.aiohttp_rps
+    cell.ratio_hub_vs_aiohttp_runs = [cell.ratio_hub_vs_aiohttp]
     cell.ratio_end_to_end_vs_aiohttp = cell.hub_end_to_end_cases_per_s / cell.aiohttp_rps
     cell.delivered, cell.create_calls = run.delivered, run.create_calls
     cell.duplicates, cell.hub_stats = run.duplicates, run.stats
+
+
+MEDIAN_FIELDS = (
+    "aiohttp_rps",
+    "httpx_rps",
+    "httpx_aiohttp_rps",
+    "adapter_rps",
+    "hub_cases_per_s",
+    "hub_end_to_end_cases_per_s",
+    "intake_cases_per_s",
+    "ratio_hub_vs_aiohttp",
+    "ratio_end_to_end_vs_aiohttp",
+)
+
+
+def combine(runs: list[Cell]) -> Cell:
+    """One cell from repeated runs: the median of each rate and of the per-run ratios
+    (not the ratio of medians: a run's hub is compared with that run's bare loop), the
+    worst of the correctness counts, and every run's ratio."""
+    first = runs[0]
+    cell = Cell(latency_ms=first.latency_ms, concurrency=first.concurrency, n=first.n)
+    for name in MEDIAN_FIELDS:
+        setattr(cell, name, statistics.median(getattr(run, name) for run in runs))
+    cell.delivered = min(run.delivered for run in runs)
+    cell.create_calls = max(run.create_calls for run in runs)
+    cell.duplicates = max(run.duplicates for run in runs)
+    for run in runs:
+        for client, count in run.client_errors.items():
+            cell.client_errors[client] = cell.client_errors.get(client, 0) + count
+    cell.hub_stats = runs[-1].hub_stats
+    cell.ratio_hub_vs_aiohttp_runs = [run.ratio_hub_vs_aiohttp for run in runs]
+    return cell
 
 
 # --------------------------------------------------------------------------- output
@@ -368,6 +416,10 @@ def table(cells: list[Cell]) -> str:
     lines.append("-" * len(lines[0]))
     lines += [" ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
     for c in cells:
+        if len(c.ratio_hub_vs_aiohttp_runs) > 1:
+            each = ", ".join(f"{r:.2f}" for r in c.ratio_hub_vs_aiohttp_runs)
+            lines.append(f"  {c.latency_ms} ms / {c.concurrency}: hub/aio per run {each}")
+    for c in cells:
         for client, count in c.client_errors.items():
             lines.append(
                 f"! {client}: {count} transport errors at {c.latency_ms} ms / {c.concurrency}"
@@ -376,9 +428,7 @@ def table(cells: list[Cell]) -> str:
 
 
 def document(cells: list[Cell], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
-    rounded = [
-        {k: round(v, 3) if isinstance(v, float) else v for k, v in asdict(c).items()} for c in cells
-    ]
+    rounded = [{k: _rounded(v) for k, v in asdict(c).items()} for c in cells]
     ratios = [c.ratio_hub_vs_aiohttp for c in cells]
     return {
         "benchmark": "dispatch",
@@ -387,9 +437,18 @@ def document(cells: list[Cell], args: argparse.Namespace, seconds: float) -> dic
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "target_ratio": TARGET_RATIO,
         "min_ratio_hub_vs_aiohttp": round(min(ratios), 3) if ratios else None,
+        "repeats": args.repeats,
         "seconds": round(seconds, 1),
         "cells": rounded,
     }
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- main
@@ -411,8 +470,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="PRAGMA synchronous for the hub's SQLite (hub default FULL)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny N")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="runs per cell; medians are reported"
+    )
     parser.add_argument("--json-out", type=Path, help="also write the JSON document here")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     if args.quick:
         args.cases, args.cases_slow = min(args.cases, 40), min(args.cases_slow, 8)
     return args
@@ -431,7 +495,11 @@ def run_matrix(args: argparse.Namespace, directory: Path, mappings: MappingSet) 
         with simulator_process(DEPARTMENT, directory / "simulator.log") as url:
             for latency_ms, concurrency in itertools.product(latencies, levels):
                 n = cell_size(args, latency_ms, concurrency)
-                cells.append(run_cell(url, store, mappings, latency_ms, concurrency, n))
+                runs = [
+                    run_cell(url, store, mappings, latency_ms, concurrency, n, repeat)
+                    for repeat in range(args.repeats)
+                ]
+                cells.append(combine(runs))
                 print(f"# latency {latency_ms} ms, concurrency {concurrency}: done", flush=True)
     finally:
         store.close()

@@ -40,6 +40,45 @@ def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
         assert cell["ratio_hub_vs_aiohttp"] > 0
 
 
+def test_repeats_report_medians_and_every_runs_ratio(tmp_path: Path) -> None:
+    argv = [sys.executable, str(SCRIPT), "--quick", "--cases", "12", "--latencies", "0"]
+    done = subprocess.run(
+        [*argv, "--concurrency", "4", "--repeats", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    [cell] = printed["cells"]
+    assert printed["repeats"] == 2 and len(cell["ratio_hub_vs_aiohttp_runs"]) == 2
+    assert cell["delivered"] == cell["n"] == 12 and cell["duplicates"] == 0
+    assert "hub/aio per run" in done.stdout
+
+
+def test_combine_takes_the_median_of_per_run_ratios_and_the_worst_counts() -> None:
+    from benchmarks.dispatch import Cell, combine
+
+    runs = []
+    for aiohttp, hub, delivered, duplicates in [
+        (1000, 800, 10, 0),
+        (3000, 900, 9, 1),
+        (2000, 1000, 10, 0),
+    ]:
+        run = Cell(latency_ms=0, concurrency=32, n=10, aiohttp_rps=aiohttp, hub_cases_per_s=hub)
+        run.ratio_hub_vs_aiohttp = hub / aiohttp
+        run.delivered, run.duplicates, run.create_calls = delivered, duplicates, 10 + duplicates
+        run.client_errors = {"httpx": 1}
+        runs.append(run)
+    cell = combine(runs)
+    assert (cell.aiohttp_rps, cell.hub_cases_per_s) == (2000, 900)
+    assert cell.ratio_hub_vs_aiohttp == 0.5  # per-run ratios 0.8, 0.3, 0.5; medians give 0.45
+    assert cell.ratio_hub_vs_aiohttp_runs == [0.8, 0.3, 0.5]
+    assert (cell.delivered, cell.duplicates, cell.create_calls) == (9, 1, 11)
+    assert cell.client_errors == {"httpx": 3}
+
+
 SOAP_SCRIPT = REPO / "benchmarks" / "soap_dispatch.py"
 SOAP_CELL_KEYS = {
     "latency_ms",
