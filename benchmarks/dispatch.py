@@ -26,7 +26,9 @@ With ``--repeats N`` each cell runs N times, each time with every client and a f
 store. A cell then reports the median of each rate and the median of the N per-run ratios
 (each run's hub against that run's aiohttp loop), with every run's ratio beside it. The
 rates of this 2-core machine class swing by a quarter between runs of one afternoon, the
-bare loop's as much as the hub's.
+bare loop's as much as the hub's. The hub's process CPU per case (``hub cpu ms``: every
+thread of the hub's process while the Dispatcher runs; the simulator is another process)
+moves far less, and is the figure to compare two versions of the hub by.
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
 """
@@ -214,6 +216,7 @@ class HubRun:
     create_calls: int
     duplicates: int
     stats: dict[str, Any]
+    cpu_seconds: float  # the whole process (every thread) while the Dispatcher ran
 
 
 def hub_config(url: str, concurrency: int) -> HubConfig:
@@ -261,7 +264,9 @@ def delivered_count(hub: Hub, cases: list[Case]) -> int:
 
 def run_hub(hub: Hub, url: str, cases: list[Case], intake_seconds: float) -> HubRun:
     sim_admin(url, "reset")
+    cpu_started = time.process_time()  # the simulator is another process: not counted
     dispatch_seconds, stats = asyncio.run(dispatch_all(hub))
+    cpu_seconds = time.process_time() - cpu_started
     state = sim_state(url)
     return HubRun(
         intake_seconds=intake_seconds,
@@ -270,6 +275,7 @@ def run_hub(hub: Hub, url: str, cases: list[Case], intake_seconds: float) -> Hub
         create_calls=sum(state["create_calls"].values()),
         duplicates=len(state["duplicates"]),
         stats=stats,
+        cpu_seconds=cpu_seconds,
     )
 
 
@@ -287,6 +293,7 @@ class Cell:
     adapter_rps: float = 0.0
     hub_cases_per_s: float = 0.0
     hub_end_to_end_cases_per_s: float = 0.0
+    hub_cpu_ms_per_case: float = 0.0  # steadier than the rates on a noisy machine
     intake_cases_per_s: float = 0.0
     ratio_hub_vs_aiohttp: float = 0.0
     ratio_end_to_end_vs_aiohttp: float = 0.0
@@ -349,6 +356,7 @@ def fill_hub_figures(cell: Cell, run: HubRun) -> None:
     n = cell.n
     cell.hub_cases_per_s = n / run.dispatch_seconds
     cell.hub_end_to_end_cases_per_s = n / (run.intake_seconds + run.dispatch_seconds)
+    cell.hub_cpu_ms_per_case = run.cpu_seconds / n * 1000
     cell.intake_cases_per_s = n / run.intake_seconds
     cell.ratio_hub_vs_aiohttp = cell.hub_cases_per_s / cell.aiohttp_rps
     cell.ratio_hub_vs_aiohttp_runs = [cell.ratio_hub_vs_aiohttp]
@@ -364,6 +372,7 @@ MEDIAN_FIELDS = (
     "adapter_rps",
     "hub_cases_per_s",
     "hub_end_to_end_cases_per_s",
+    "hub_cpu_ms_per_case",
     "intake_cases_per_s",
     "ratio_hub_vs_aiohttp",
     "ratio_end_to_end_vs_aiohttp",
@@ -401,6 +410,7 @@ COLUMNS: list[tuple[str, str, str]] = [  # title, field, format spec (no width)
     ("adapter/s", "adapter_rps", ".0f"),
     ("hub/s", "hub_cases_per_s", ".0f"),
     ("hub e2e/s", "hub_end_to_end_cases_per_s", ".0f"),
+    ("hub cpu ms", "hub_cpu_ms_per_case", ".2f"),
     ("hub/aio", "ratio_hub_vs_aiohttp", ".2f"),
     ("e2e/aio", "ratio_end_to_end_vs_aiohttp", ".2f"),
     ("dups", "duplicates", "d"),

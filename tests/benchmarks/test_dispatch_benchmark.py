@@ -38,6 +38,8 @@ def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
         assert cell["delivered"] == cell["create_calls"] == cell["n"]
         assert all(cell[rate] > 0 for rate in RATES), cell
         assert cell["ratio_hub_vs_aiohttp"] > 0
+        # a case costs the hub at least its HTTP call (tens of µs) and at most a second
+        assert 0.01 < cell["hub_cpu_ms_per_case"] < 1000
 
 
 def test_repeats_report_medians_and_every_runs_ratio(tmp_path: Path) -> None:
