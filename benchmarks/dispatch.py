@@ -28,7 +28,8 @@ store. A cell then reports the median of each rate and the median of the N per-r
 rates of this 2-core machine class swing by a quarter between runs of one afternoon, the
 bare loop's as much as the hub's. The hub's process CPU per case (``hub cpu ms``: every
 thread of the hub's process while the Dispatcher runs; the simulator is another process)
-moves far less, and is the figure to compare two versions of the hub by.
+does not wait on the simulator as the rates do, though it still follows the machine's
+speed: compare two versions of the hub by it, in runs that alternate.
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
 """
@@ -293,7 +294,7 @@ class Cell:
     adapter_rps: float = 0.0
     hub_cases_per_s: float = 0.0
     hub_end_to_end_cases_per_s: float = 0.0
-    hub_cpu_ms_per_case: float = 0.0  # steadier than the rates on a noisy machine
+    hub_cpu_ms_per_case: float = 0.0  # the hub process's CPU, not waiting on the simulator
     intake_cases_per_s: float = 0.0
     ratio_hub_vs_aiohttp: float = 0.0
     ratio_end_to_end_vs_aiohttp: float = 0.0
