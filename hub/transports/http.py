@@ -247,9 +247,8 @@ class HubAsyncClient(httpx.AsyncClient):
     def _new_template(self, url: str, headers: Any) -> tuple[httpx.URL, httpx.Headers] | None:
         target = self._merge_url(url)
         merged = self._merge_headers(headers)
-        if not target.host or "host" in merged or "content-length" in merged:
-            return None
-        if "transfer-encoding" in merged:
+        caller_framed = any(h in merged for h in ("host", "content-length", "transfer-encoding"))
+        if not target.host or caller_framed:
             return None
         return target, httpx.Headers([(b"Host", target.netloc), *merged.raw])
 
@@ -259,7 +258,7 @@ class HubAsyncClient(httpx.AsyncClient):
             cached = self._timeout_extension = (self.timeout, self.timeout.as_dict())
         return cached[1]
 
-    async def send(  # type: ignore[override]
+    async def send(
         self,
         request: httpx.Request,
         *,
