@@ -16,18 +16,25 @@ SCRIPT = REPO / "benchmarks" / "dispatch.py"
 RATES = ("aiohttp_rps", "httpx_rps", "httpx_aiohttp_rps", "adapter_rps", "hub_cases_per_s")
 
 
-def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
-    out = tmp_path / "dispatch.json"
-    argv = [sys.executable, str(SCRIPT), "--quick", "--cases", "24", "--cases-slow", "4"]
+def run_script(
+    script: Path, *argv: str, timeout: float = 180
+) -> tuple[subprocess.CompletedProcess[str], dict]:
+    """Run a benchmark script; it must succeed and end with its JSON document."""
     done = subprocess.run(
-        [*argv, "--json-out", str(out)],
+        [sys.executable, str(script), *argv],
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    return done, json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
+    out = tmp_path / "dispatch.json"
+    argv = ["--quick", "--cases", "24", "--cases-slow", "4", "--json-out", str(out)]
+    done, printed = run_script(SCRIPT, *argv, timeout=120)
     assert printed == json.loads(out.read_text())
     assert "hub/aio" in done.stdout  # the table came first
     cells = {(c["latency_ms"], c["concurrency"]): c for c in printed["cells"]}
@@ -42,17 +49,9 @@ def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
         assert 0.01 < cell["hub_cpu_ms_per_case"] < 1000
 
 
-def test_repeats_report_medians_and_every_runs_ratio(tmp_path: Path) -> None:
-    argv = [sys.executable, str(SCRIPT), "--quick", "--cases", "12", "--latencies", "0"]
-    done = subprocess.run(
-        [*argv, "--concurrency", "4", "--repeats", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = json.loads(done.stdout.strip().splitlines()[-1])
+def test_repeats_report_medians_and_every_runs_ratio() -> None:
+    argv = ["--quick", "--cases", "12", "--latencies", "0", "--concurrency", "4", "--repeats", "2"]
+    done, printed = run_script(SCRIPT, *argv, timeout=120)
     [cell] = printed["cells"]
     assert printed["repeats"] == 2 and len(cell["ratio_hub_vs_aiohttp_runs"]) == 2
     assert cell["delivered"] == cell["n"] == 12 and cell["duplicates"] == 0
@@ -93,14 +92,6 @@ SOAP_CELL_KEYS = {
     "create_calls",
     "duplicates",
 }
-
-
-def run_script(script: Path, *argv: str) -> tuple[subprocess.CompletedProcess[str], dict]:
-    done = subprocess.run(
-        [sys.executable, str(script), *argv], cwd=REPO, capture_output=True, text=True, timeout=180
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_soap_quick_run_keeps_its_table_and_json(tmp_path: Path) -> None:
