@@ -26,7 +26,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from time import perf_counter
+from time import perf_counter, thread_time
 from typing import Any
 
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -137,6 +137,20 @@ class DispatchStats:
     lost_leases: int = 0
     stale_claims: int = 0  # claimed rows left to expire: they waited too long for a slot
     failed_turns: int = 0  # database errors (connection dropped, deadlock): turn retried
+    # Where a worker's time goes, to tell a slow department from a busy store:
+    concurrency: int = 0  # call slots
+    run_seconds: float = 0.0  # wall time of Dispatcher.run
+    slot_seconds: float = 0.0  # time attempts held a call slot, summed over attempts
+    turns: int = 0  # database turns that committed
+    turn_seconds: float = 0.0  # their wall time: statements, commits and waits for the GIL
+    turn_cpu_seconds: float = 0.0  # the CPU the turn thread used in them
+
+    def slots_busy(self) -> float:
+        """Mean share of the call slots in use over the run. Near 1: the department's
+        answers (or its limits) set the pace. Well below 1 with rows due: the worker's
+        own turns and event loop do."""
+        capacity = self.run_seconds * self.concurrency
+        return min(1.0, self.slot_seconds / capacity) if capacity > 0 else 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +158,11 @@ class DispatchStats:
             "lost_leases": self.lost_leases,
             "stale_claims": self.stale_claims,
             "failed_turns": self.failed_turns,
+            "turns": self.turns,
+            "turn_seconds": round(self.turn_seconds, 3),
+            "turn_cpu_seconds": round(self.turn_cpu_seconds, 3),
+            "run_seconds": round(self.run_seconds, 3),
+            "slots_busy": round(self.slots_busy(), 3),
             **self.attempts,
         }
 
@@ -300,7 +319,7 @@ class Dispatcher:
         self.idle_seconds = cfg.idle_poll_seconds
         self._fixed_prefetch = prefetch  # None: claim ahead by the calls' pace (prefetch())
         self.call_seconds = 0.0  # moving average of an attempt's time in its slot
-        self.stats = DispatchStats()
+        self.stats = DispatchStats(concurrency=self.concurrency)
         self.turn_seconds = 0.0  # moving average of a turn, lock waits included
         self._rotation = 0  # which free department claims first this turn
         # Departments found with nothing due are asked again after idle_seconds, the same
@@ -347,13 +366,15 @@ class Dispatcher:
         Turns are pipelined with the calls: while a turn settles and claims in its
         thread, calls keep finishing and claimed rows waiting in `ready` start at once,
         so the department is not left idle for the length of a database turn."""
-        deadline = None if timeout is None else perf_counter() + timeout
+        started = perf_counter()
+        deadline = None if timeout is None else started + timeout
         flow = _Flow(self)
         try:
             with _frozen_heap():
                 await self._loop(flow, stop, drain, until_empty, deadline)
         finally:
             flow.cancel()  # cancelled mid-flight: leases expire and another worker resumes
+            self.stats.run_seconds += perf_counter() - started
         return self.stats
 
     async def _loop(
@@ -425,7 +446,7 @@ class Dispatcher:
         self, finished: list[Attempt], capacity: int
     ) -> list[tuple[OutboxItem, Case, WorkOrder | None]]:
         """Settle finished attempts and claim new rows, in one transaction."""
-        started = perf_counter()
+        started, cpu_started = perf_counter(), thread_time()
         with self.hub.uow() as uow:
             now = self.clock()
             # Limited departments' rows are locked first, in name order, before settle
@@ -436,7 +457,7 @@ class Dispatcher:
             claimed = self._claim(uow, capacity, now, budgets, healths) if capacity > 0 else []
             uow.commit()
         loaded = self._load(claimed)
-        self._observe_turn(perf_counter() - started)
+        self._observe_turn(perf_counter() - started, thread_time() - cpu_started)
         self.stats.claimed += len(loaded)
         for case, old, new in notifications:
             self._notify(case, old, new)
@@ -459,8 +480,11 @@ class Dispatcher:
             if item.case_id in cases
         ]
 
-    def _observe_turn(self, seconds: float) -> None:
+    def _observe_turn(self, seconds: float, cpu_seconds: float) -> None:
         self.turn_seconds += TURN_SMOOTHING * (seconds - self.turn_seconds)
+        self.stats.turns += 1
+        self.stats.turn_seconds += seconds
+        self.stats.turn_cpu_seconds += cpu_seconds
         observe_turn(seconds)
 
     def burst_seconds(self) -> float:
@@ -602,6 +626,7 @@ class Dispatcher:
             attempt.error_class = "internal"
         elapsed = perf_counter() - started
         self._observe_call(elapsed)
+        self.stats.slot_seconds += elapsed
         attempt.duration_ms = round(elapsed * 1000, 2)
         attempt.case = case
         self.stats.attempts[attempt.outcome] += 1

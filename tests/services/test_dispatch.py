@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime, timedelta
+from time import perf_counter
 
 import pytest
 
 from hub.config import DepartmentConfig, WorkerConfig
 from hub.model import CaseStatus, DeliveryState, WorkOrder, utcnow
-from hub.services.dispatch import Dispatcher, resume_department
+from hub.services.dispatch import Dispatcher, DispatchStats, resume_department
 from hub.services.intake import IntakeService
 from hub.services.runtime import Hub
 from hub.testing.harness import SimulatedCity
@@ -457,3 +458,59 @@ def test_claim_ahead_follows_the_calls_pace(city: SimulatedCity) -> None:
     busy._observe_call(0.001)
     assert (busy.prefetch(), busy.gather_target()) == (64, 64)  # never beyond a batch
     assert dispatcher(1, prefetch=3).prefetch() == 3
+
+
+class Timed(Dispatcher):
+    """Times each turn from outside and keeps every attempt, to check the run's stats."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.turn_walls: list[float] = []
+        self.seen: list = []
+
+    def _turn(self, finished, capacity):
+        started = perf_counter()
+        try:
+            return super()._turn(finished, capacity)
+        finally:
+            self.turn_walls.append(perf_counter() - started)
+
+    async def _attempt(self, item, case, order):
+        attempt = await super()._attempt(item, case, order)
+        self.seen.append(attempt)
+        return attempt
+
+
+async def test_run_stats_say_where_the_workers_time_went(city: SimulatedCity) -> None:
+    """`hub worker` prints these when it stops and the dispatch benchmark reads them: the
+    call slots' use tells a slow department from a worker held back by its own turns."""
+    worker = WorkerConfig(concurrency=4, idle_poll_seconds=0.05)
+    hub = Hub(city.config().model_copy(update={"worker": worker}), database=city.database_url)
+    feed(hub, 30)
+    dispatcher = Timed(hub, worker_id="timed")
+    started = perf_counter()
+    stats = await dispatcher.run(until_empty=True, timeout=90)
+    wall = perf_counter() - started
+    await hub.aclose()
+
+    assert stats.turns == len(dispatcher.turn_walls) > 0
+    assert 0 < stats.turn_seconds <= sum(dispatcher.turn_walls)
+    assert 0 < stats.turn_cpu_seconds <= stats.turn_seconds + 0.001
+    durations = sum(a.duration_ms for a in dispatcher.seen) / 1000
+    assert len(dispatcher.seen) == 30
+    assert stats.slot_seconds == pytest.approx(durations, abs=0.001)
+    assert 0 < stats.run_seconds <= wall
+    expected_share = stats.slot_seconds / (stats.run_seconds * 4)
+    assert stats.slots_busy() == pytest.approx(expected_share)
+    assert 0 < stats.slots_busy() <= 1
+    printed = stats.as_dict()  # what `hub worker --drain` prints, extended
+    assert printed["turns"] == stats.turns and printed["delivered"] == 30
+    assert printed["slots_busy"] == round(stats.slots_busy(), 3)
+    assert printed["turn_cpu_seconds"] == round(stats.turn_cpu_seconds, 3)
+
+
+def test_slots_busy_is_the_mean_share_of_slots_in_use() -> None:
+    stats = DispatchStats(concurrency=8, run_seconds=2.0, slot_seconds=4.0)
+    assert stats.slots_busy() == 0.25
+    assert DispatchStats(concurrency=8).slots_busy() == 0.0  # no run yet
+    assert DispatchStats(concurrency=1, run_seconds=1.0, slot_seconds=1.5).slots_busy() == 1.0
