@@ -29,7 +29,16 @@ rates of this 2-core machine class swing by a quarter between runs of one aftern
 bare loop's as much as the hub's. The hub's process CPU per case (``hub cpu ms``: every
 thread of the hub's process while the Dispatcher runs; the simulator is another process)
 does not wait on the simulator as the rates do, though it still follows the machine's
-speed: compare two versions of the hub by it, in runs that alternate.
+speed: compare two versions of the hub by it, in runs that alternate
+(``benchmarks/compare.py`` does that).
+
+Two more columns say what held the hub back (from the Dispatcher's own stats):
+``slots`` is the mean share of its call slots in use (near 1: the department set the
+pace; well below: the hub's own turns and event loop did) and ``turn ms`` the wall time of
+its database turns per case. Turns run one at a time in a thread beside the event loop,
+so where ``turn ms`` approaches 1000 / hub/s the turns are the bottleneck; JSON
+``hub_turn_cpu_ms_per_case`` is the turn thread's CPU in them (the rest of a turn waits
+for the disk, locks and the GIL).
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
 """
@@ -295,6 +304,9 @@ class Cell:
     hub_cases_per_s: float = 0.0
     hub_end_to_end_cases_per_s: float = 0.0
     hub_cpu_ms_per_case: float = 0.0  # the hub process's CPU, not waiting on the simulator
+    hub_slots_busy: float = 0.0  # mean share of the call slots in use (DispatchStats)
+    hub_turn_ms_per_case: float = 0.0  # wall time of the database turns, per case
+    hub_turn_cpu_ms_per_case: float = 0.0  # the turn thread's CPU in them, per case
     intake_cases_per_s: float = 0.0
     ratio_hub_vs_aiohttp: float = 0.0
     ratio_end_to_end_vs_aiohttp: float = 0.0
@@ -358,6 +370,9 @@ def fill_hub_figures(cell: Cell, run: HubRun) -> None:
     cell.hub_cases_per_s = n / run.dispatch_seconds
     cell.hub_end_to_end_cases_per_s = n / (run.intake_seconds + run.dispatch_seconds)
     cell.hub_cpu_ms_per_case = run.cpu_seconds / n * 1000
+    cell.hub_slots_busy = run.stats["slots_busy"]
+    cell.hub_turn_ms_per_case = run.stats["turn_seconds"] / n * 1000
+    cell.hub_turn_cpu_ms_per_case = run.stats["turn_cpu_seconds"] / n * 1000
     cell.intake_cases_per_s = n / run.intake_seconds
     cell.ratio_hub_vs_aiohttp = cell.hub_cases_per_s / cell.aiohttp_rps
     cell.ratio_hub_vs_aiohttp_runs = [cell.ratio_hub_vs_aiohttp]
@@ -374,6 +389,9 @@ MEDIAN_FIELDS = (
     "hub_cases_per_s",
     "hub_end_to_end_cases_per_s",
     "hub_cpu_ms_per_case",
+    "hub_slots_busy",
+    "hub_turn_ms_per_case",
+    "hub_turn_cpu_ms_per_case",
     "intake_cases_per_s",
     "ratio_hub_vs_aiohttp",
     "ratio_end_to_end_vs_aiohttp",
@@ -412,6 +430,8 @@ COLUMNS: list[tuple[str, str, str]] = [  # title, field, format spec (no width)
     ("hub/s", "hub_cases_per_s", ".0f"),
     ("hub e2e/s", "hub_end_to_end_cases_per_s", ".0f"),
     ("hub cpu ms", "hub_cpu_ms_per_case", ".2f"),
+    ("slots", "hub_slots_busy", ".2f"),
+    ("turn ms", "hub_turn_ms_per_case", ".2f"),
     ("hub/aio", "ratio_hub_vs_aiohttp", ".2f"),
     ("e2e/aio", "ratio_end_to_end_vs_aiohttp", ".2f"),
     ("dups", "duplicates", "d"),

@@ -3,32 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.helpers import REPO, run_script
 from tests.conftest import _require_postgres, postgres_base_url
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "dispatch.py"
 RATES = ("aiohttp_rps", "httpx_rps", "httpx_aiohttp_rps", "adapter_rps", "hub_cases_per_s")
-
-
-def run_script(
-    script: Path, *argv: str, timeout: float = 180
-) -> tuple[subprocess.CompletedProcess[str], dict]:
-    """Run a benchmark script; it must succeed and end with its JSON document."""
-    done = subprocess.run(
-        [sys.executable, str(script), *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done, json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
@@ -47,6 +30,8 @@ def test_quick_run_reports_every_cell(tmp_path: Path) -> None:
         assert cell["ratio_hub_vs_aiohttp"] > 0
         # a case costs the hub at least its HTTP call (tens of µs) and at most a second
         assert 0.01 < cell["hub_cpu_ms_per_case"] < 1000
+        assert 0 < cell["hub_slots_busy"] <= 1
+        assert 0 < cell["hub_turn_cpu_ms_per_case"] <= cell["hub_turn_ms_per_case"] + 0.01
 
 
 def test_repeats_report_medians_and_every_runs_ratio() -> None:

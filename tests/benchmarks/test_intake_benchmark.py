@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.benchmarks.helpers import REPO, run_script
+
 SCRIPT = REPO / "benchmarks" / "intake.py"
 
 
 def test_quick_run_prints_table_and_json(tmp_path: Path) -> None:
     out = tmp_path / "intake.json"
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json-out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    done, printed = run_script(SCRIPT, "--quick", "--json-out", str(out), timeout=60)
     assert printed == json.loads(out.read_text())
     assert "req/s" in done.stdout  # the table came first
     assert printed["target"] == {"rps": 1500, "p99_ms": 50.0}
@@ -33,15 +24,8 @@ def test_quick_run_prints_table_and_json(tmp_path: Path) -> None:
 
 def test_quick_run_with_two_server_processes(tmp_path: Path) -> None:
     """`hub serve --workers 2` on SQLite: two processes share the port and the one writer."""
-    done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--workers", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    [cell] = json.loads(done.stdout.strip().splitlines()[-1])["cells"]
+    _, printed = run_script(SCRIPT, "--quick", "--workers", "2", timeout=60)
+    [cell] = printed["cells"]
     assert cell["workers"] == 2 and cell["errors"] == 0
     assert cell["ok"] == cell["n"] == cell["cases_in_store"]  # nothing lost, nothing doubled
     assert cell["client_cpu_pct"] > 0 and cell["server_cpu_pct"] > 0
