@@ -169,7 +169,12 @@ def test_worker_dlq_case_and_departments_commands(city_with_config: SimulatedCit
     codes, simulator.problem_codes = simulator.problem_codes, set()  # every create refused
     hub = city.hub()
     cases = feed(hub, 3)
-    assert runner.invoke(app, ["worker", "--drain"]).exit_code == 0
+    drained = runner.invoke(app, ["worker", "--drain"])
+    assert drained.exit_code == 0
+    stats = json.loads(drained.stdout.strip().splitlines()[-1])  # the worker's own figures
+    assert stats["dead"] == 3 and stats["turns"] >= 1 and 0 < stats["slots_busy"] <= 1
+    assert 0 <= stats["turn_cpu_seconds"] <= stats["turn_seconds"] + 0.001
+    assert stats["turn_seconds"] <= stats["run_seconds"]
 
     dead = json.loads(runner.invoke(app, ["dlq", "list", "--json"]).output)
     assert len(dead) == 3 and all(d["error_class"] == "permanent" for d in dead)
