@@ -13,8 +13,10 @@ of call slots in use and the turn time per case, with how many pairs each side w
 
 The base is checked out into a temporary git worktree, removed afterwards; "new" is this
 working tree, uncommitted changes included. Both sides run this file's child code against
-their own ``hub`` and ``benchmarks`` packages, so the base needs ``benchmarks/dispatch.py``
-with ``run_hub`` (2026-12-07 or later); figures a base does not report are shown as "-".
+their own ``hub`` and ``benchmarks`` packages, so the base needs the ``hub_config``,
+``intake`` and ``run_hub`` of ``benchmarks/dispatch.py`` as they are today (checked back to
+4c29a39, 2026-12-07). Figures a base does not report (CPU per case before 08444bf, slots
+and turns before this script) are shown as "-".
 
 Prints a table, then the JSON document as the last line (``--json-out FILE`` saves it).
 """
@@ -64,10 +66,11 @@ def child(latency_ms: int, concurrency: int, cases: int) -> dict[str, Any]:
                 run = d.run_hub(hub, url, made, intake_seconds)
             finally:
                 hub.dispose()
-    turn_seconds = run.stats.get("turn_seconds")
+    cpu_seconds = getattr(run, "cpu_seconds", None)  # from 2026-12-07 on
+    turn_seconds = run.stats.get("turn_seconds")  # from 2026-12-08 on
     return {
         "rate": cases / run.dispatch_seconds,
-        "cpu_ms": run.cpu_seconds / cases * 1000,
+        "cpu_ms": None if cpu_seconds is None else cpu_seconds / cases * 1000,
         "slots_busy": run.stats.get("slots_busy"),
         "turn_ms": None if turn_seconds is None else turn_seconds / cases * 1000,
         "delivered": run.delivered,
@@ -185,8 +188,8 @@ def table(doc: dict[str, Any]) -> str:
     latency_ms, concurrency = doc["cell"]["latency_ms"], doc["cell"]["concurrency"]
     lines.append(
         f"new vs base at {latency_ms} ms / {concurrency}: rate"
-        f" {_cell(doc['rate_change_pct'], '+.1f')} %, CPU per case"
-        f" {_cell(doc['cpu_change_pct'], '+.1f')} % (medians); new won"
+        f" {_percent(doc['rate_change_pct'])}, CPU per case"
+        f" {_percent(doc['cpu_change_pct'])} (medians); new won"
         f" {doc['new_won_pairs']} of {doc['runs']} pairs"
     )
     return "\n".join(lines)
@@ -194,6 +197,10 @@ def table(doc: dict[str, Any]) -> str:
 
 def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _percent(change: float | None) -> str:
+    return "not reported by both" if change is None else f"{change:+.1f} %"
 
 
 def _rounded(value: Any) -> Any:

@@ -84,6 +84,8 @@ def test_pairs_and_changes_compare_each_run_with_its_partner() -> None:
     assert doc["rate_change_pct"] == pytest.approx(5.0)  # medians 210 against 200
     assert doc["cpu_change_pct"] == pytest.approx((0.8 / 0.9 - 1) * 100)
     assert doc["sides"]["base"]["slots_busy"] is None  # an older base does not report it
+    older = compare({**runs, "base": [{**r, "cpu_ms": None} for r in runs["base"]]}, cases=10)
+    assert older["cpu_change_pct"] is None and older["rate_change_pct"] == pytest.approx(5.0)
     assert doc["sides"]["new"]["slots_busy"] == 0.5
     assert doc["sides"]["new"]["delivered_every_case"]
     assert not compare({**runs, "new": [run(1, 1)] * 3}, cases=11)["sides"]["new"][
