@@ -36,6 +36,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+# Nothing from `hub` or `benchmarks` is imported at module level, not even the shared
+# output helpers: a child imports them from its own checkout, and a module imported here
+# first would be the new tree's in the base's runs too.
 ROOT = Path(__file__).resolve().parents[1]
 SIDES = ("base", "new")
 FIGURES = ("rate", "cpu_ms", "slots_busy", "turn_ms")  # medians per side
